@@ -1,0 +1,3 @@
+//! Domain rules as plain Rust: no tonic, no sqlx, no clock.
+
+pub mod kv;

@@ -1,0 +1,276 @@
+//! `agora.admin.v1.AdminService`: what operators call. Every call needs the
+//! cluster's operator certificate (a client certificate from the cluster CA,
+//! already verified by TLS); admin sessions arrive with accounts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agora_proto::admin::admin_service_server::AdminService;
+use agora_proto::admin::{
+    AddLearnerRequest, InitializeReply, InitializeRequest, Member, MembershipReply, NodeStatus,
+    PromoteVoterRequest, RemoveNodeRequest, ReplicationLag, StateDigestReply, StateDigestRequest,
+    StatusRequest, TriggerSnapshotReply, TriggerSnapshotRequest,
+};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::ClientWriteResponse;
+use openraft::ChangeMembers;
+use tonic::{Request, Response, Status};
+
+use crate::error::WriteError;
+use crate::node::Node;
+use crate::raft::typ::{NodeId, RaftMetrics};
+use crate::raft::{NodeAddr, TypeConfig};
+
+/// Longest `AddLearner` waits for the new node to catch up.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
+/// Longest `TriggerSnapshot` waits for the snapshot to exist.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+/// Below this many voters a cluster cannot survive a crash.
+const SAFE_VOTERS: usize = 3;
+
+/// The service, over a running node.
+pub struct AdminApi {
+    node: Arc<Node>,
+}
+
+impl AdminApi {
+    /// Serves `node`.
+    #[must_use]
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+fn require_operator<T>(request: &Request<T>) -> Result<(), Status> {
+    match request.peer_certs() {
+        Some(certs) if !certs.is_empty() => Ok(()),
+        _ => Err(Status::unauthenticated(
+            "admin calls need the cluster's operator certificate (client_cert and client_key in cluster.toml)",
+        )),
+    }
+}
+
+fn members(metrics: &RaftMetrics) -> Vec<Member> {
+    let membership = metrics.membership_config.membership();
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| Member {
+            id: *id,
+            api_addr: node.api_addr.clone(),
+            raft_addr: node.raft_addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+fn membership_reply(response: &ClientWriteResponse<TypeConfig>, node: &Node) -> MembershipReply {
+    let metrics = node.raft.metrics().borrow().clone();
+    MembershipReply {
+        index: response.log_id.index,
+        members: members(&metrics),
+    }
+}
+
+fn membership_error(node: &Node, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
+            (Some(leader_id), Some(n)) => WriteError::NotLeader {
+                id: node.id,
+                leader_id,
+                leader_addr: n.api_addr,
+            }
+            .into(),
+            _ => WriteError::NoLeader.into(),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("the membership change was refused: {e}"))
+        }
+        RaftError::Fatal(f) => Status::unavailable(format!("this node cannot change membership: {f}")),
+    }
+}
+
+fn node_addr(member: Option<Member>) -> Result<(NodeId, NodeAddr), Status> {
+    let m = member.ok_or_else(|| Status::invalid_argument("member is missing"))?;
+    if m.id == 0 {
+        return Err(Status::invalid_argument("a node id must be 1 or more"));
+    }
+    for (what, addr) in [("api_addr", &m.api_addr), ("raft_addr", &m.raft_addr)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() && !addr.contains(':') {
+            return Err(Status::invalid_argument(format!(
+                "{what} {addr:?} of node {} is not a host:port address",
+                m.id
+            )));
+        }
+    }
+    Ok((
+        m.id,
+        NodeAddr {
+            api_addr: m.api_addr,
+            raft_addr: m.raft_addr,
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminApi {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+        require_operator(&request)?;
+        let node = &self.node;
+        let m = node.raft.metrics().borrow().clone();
+        let last_log = m.last_log_index.unwrap_or(0);
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, matched)| {
+                        let matched = matched.map_or(0, |l| l.index);
+                        ReplicationLag {
+                            id: *id,
+                            matched_index: matched,
+                            lag: last_log.saturating_sub(matched),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(NodeStatus {
+            id: node.id,
+            api_addr: node.addr.api_addr.clone(),
+            raft_addr: node.addr.raft_addr.clone(),
+            pid: std::process::id(),
+            role: Node::role(&m).to_owned(),
+            term: m.current_term,
+            leader_id: m.current_leader.unwrap_or(0),
+            last_log_index: last_log,
+            committed_index: node.log.committed_index(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            members: members(&m),
+            uptime_secs: node.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            replication,
+        }))
+    }
+
+    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeReply>, Status> {
+        require_operator(&request)?;
+        let mut nodes = BTreeMap::new();
+        for member in request.into_inner().members {
+            let (id, addr) = node_addr(Some(member))?;
+            nodes.insert(id, addr);
+        }
+        if !nodes.contains_key(&self.node.id) {
+            return Err(Status::invalid_argument(format!(
+                "the members must include this node ({})",
+                self.node.id
+            )));
+        }
+        match self.node.raft.initialize(nodes).await {
+            Ok(()) => Ok(Response::new(InitializeReply {})),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                Err(Status::already_exists("this cluster is already initialized"))
+            }
+            Err(e) => Err(Status::failed_precondition(format!("cannot initialize: {e}"))),
+        }
+    }
+
+    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipReply>, Status> {
+        require_operator(&request)?;
+        let (id, addr) = node_addr(request.into_inner().member)?;
+        let node = &self.node;
+        match tokio::time::timeout(LEARNER_CATCH_UP, node.raft.add_learner(id, addr, true)).await {
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "node {id} was added as a learner but has not caught up within {} s; check that it runs, its address, and that its certificate is from the cluster CA",
+                LEARNER_CATCH_UP.as_secs()
+            ))),
+            Ok(Ok(response)) => Ok(Response::new(membership_reply(&response, node))),
+            Ok(Err(e)) => Err(membership_error(node, e)),
+        }
+    }
+
+    async fn promote_voter(&self, request: Request<PromoteVoterRequest>) -> Result<Response<MembershipReply>, Status> {
+        require_operator(&request)?;
+        let id = request.into_inner().id;
+        let node = &self.node;
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        match node.raft.change_membership(change, false).await {
+            Ok(response) => Ok(Response::new(membership_reply(&response, node))),
+            Err(e) => Err(membership_error(node, e)),
+        }
+    }
+
+    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+        require_operator(&request)?;
+        let req = request.into_inner();
+        let node = &self.node;
+        let metrics = node.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if membership.get_node(&req.id).is_none() {
+            return Err(Status::not_found(format!("node {} is not a member of the cluster", req.id)));
+        }
+        let change = if voters.contains(&req.id) {
+            let remaining = voters.len() - 1;
+            if remaining == 0 {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is the last voter; a cluster needs at least one",
+                    req.id
+                )));
+            }
+            if remaining < SAFE_VOTERS && voters.len() >= SAFE_VOTERS && !req.force {
+                return Err(Status::failed_precondition(format!(
+                    "removing node {} would leave {remaining} voters, and a cluster of fewer than {SAFE_VOTERS} cannot survive a crash; add a node first or pass force",
+                    req.id
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([req.id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
+        };
+        match node.raft.change_membership(change, false).await {
+            Ok(response) => Ok(Response::new(membership_reply(&response, node))),
+            Err(e) => Err(membership_error(node, e)),
+        }
+    }
+
+    async fn state_digest(&self, request: Request<StateDigestRequest>) -> Result<Response<StateDigestReply>, Status> {
+        require_operator(&request)?;
+        let (applied_index, digest) = self
+            .node
+            .state
+            .digest()
+            .await
+            .map_err(|e| Status::internal(format!("digesting the state failed: {e}")))?;
+        Ok(Response::new(StateDigestReply { applied_index, digest }))
+    }
+
+    async fn trigger_snapshot(
+        &self,
+        request: Request<TriggerSnapshotRequest>,
+    ) -> Result<Response<TriggerSnapshotReply>, Status> {
+        require_operator(&request)?;
+        let node = &self.node;
+        let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        node.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot snapshot: {e}")))?;
+        let metrics = node
+            .raft
+            .wait(Some(SNAPSHOT_WAIT))
+            .metrics(
+                |m| m.snapshot.map_or(0, |l| l.index) >= applied,
+                "snapshot built",
+            )
+            .await
+            .map_err(|e| Status::deadline_exceeded(format!("the snapshot was not built in time: {e}")))?;
+        Ok(Response::new(TriggerSnapshotReply {
+            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+        }))
+    }
+}

@@ -1,0 +1,21 @@
+//! `agora-server`: one node of an Agora cluster.
+//!
+//! - [`raft`]: openraft type config, durable log store, SQLite state
+//!   machine, node-to-node network.
+//! - [`domain`]: the product's rules as plain Rust.
+//! - [`store`]: sqlx queries against the state database.
+//! - [`grpc`]: one file per service, thin handlers.
+//! - [`node`]: the write and read paths every service uses.
+//! - [`server`]: starting and stopping a node on given listeners.
+
+pub mod certs;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod grpc;
+pub mod node;
+pub mod observability;
+pub mod raft;
+pub mod server;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,284 @@
+//! One running node: the Raft handle, its storage, and the write and read
+//! paths every gRPC service goes through.
+//!
+//! - **Writes** go to Raft on this node; when this node is not the leader the
+//!   proposal is forwarded to the leader over the internal (mutual-TLS)
+//!   channel. Every client write carries a request id, so forwarding after
+//!   an unclear failure is just a safe retry.
+//! - **Reads** wait (bounded) until this node has applied `min_index`, and,
+//!   for linearizable reads, until it has applied the leader's
+//!   quorum-confirmed commit index (read-index).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use agora_proto::raft::{ForwardWriteRequest, ReadIndexRequest};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ReadError, WriteError};
+use crate::raft::command::{Command, Outcome, Proposal};
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{decode, encode, PeerChannels};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::typ::{self, NodeId};
+use crate::raft::NodeAddr;
+
+/// Longest a write waits to be committed and applied before its outcome is
+/// reported unknown.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a read waits for this node to reach the index it needs.
+pub const READ_WAIT: Duration = Duration::from_secs(5);
+/// Longest a follower waits for the leader's read index.
+const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A write's result: the outcome and the log index it was applied at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Log index of the command.
+    pub index: u64,
+    /// What applying it produced (never `Rejected`: that is an error).
+    pub outcome: Outcome,
+}
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Freshness {
+    /// Applied index the node must reach first.
+    pub min_index: u64,
+    /// Also reach the leader's commit index as of now.
+    pub linearizable: bool,
+}
+
+/// The shared state of a running node.
+pub struct Node {
+    /// This node's Raft id.
+    pub id: NodeId,
+    /// The Raft handle.
+    pub raft: typ::Raft,
+    /// The state machine (for reads).
+    pub state: StateMachine,
+    /// The log store (for its commit index).
+    pub log: LogStore,
+    /// Channels to the other nodes' Raft listeners.
+    pub peers: PeerChannels,
+    /// How other nodes and clients reach this one.
+    pub addr: NodeAddr,
+    /// When this process started, for uptime.
+    pub started: Instant,
+    /// The last timestamp this node stamped on a command: the leader's clock
+    /// never runs backwards in the log, even if the wall clock does.
+    last_time_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Node {
+    /// Wraps a started Raft instance.
+    #[must_use]
+    pub fn new(
+        id: NodeId,
+        raft: typ::Raft,
+        state: StateMachine,
+        log: LogStore,
+        peers: PeerChannels,
+        addr: NodeAddr,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            raft,
+            state,
+            log,
+            peers,
+            addr,
+            started: Instant::now(),
+            last_time_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The leader's clock for a new command: wall time, never below the last
+    /// stamp.
+    fn stamp(&self) -> u64 {
+        let now = now_ms();
+        let prev = self.last_time_ms.fetch_max(now, Ordering::Relaxed);
+        prev.max(now)
+    }
+
+    /// The leader's id and address as this node knows them.
+    #[must_use]
+    pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, node))
+    }
+
+    /// Proposes a client write; forwards it to the leader when this node is
+    /// not the leader.
+    ///
+    /// # Errors
+    /// A [`WriteError`] (refusal, no leader, unknown outcome).
+    pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
+        proposal.op.validate()?;
+        match self.write_local(proposal.clone()).await {
+            Err(WriteError::NotLeader { leader_id, .. }) if leader_id != self.id => {
+                self.forward(leader_id, proposal).await
+            }
+            other => other,
+        }
+    }
+
+    /// Proposes on this node only (the leader side of a forwarded write).
+    ///
+    /// # Errors
+    /// [`WriteError::NotLeader`] when this node is not the leader, and the
+    /// other write errors.
+    pub async fn write_local(&self, proposal: Proposal) -> Result<Applied, WriteError> {
+        let command = Command {
+            time_ms: self.stamp(),
+            proposal,
+        };
+        let started = Instant::now();
+        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await;
+        metrics::histogram!("agora_write_commit_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Err(_) => Err(WriteError::Unknown(format!(
+                "not applied within {} s",
+                WRITE_TIMEOUT.as_secs()
+            ))),
+            Ok(Ok(response)) => match response.data {
+                Outcome::Rejected(rejection) => Err(WriteError::Rejected(rejection)),
+                outcome => Ok(Applied {
+                    index: response.log_id.index,
+                    outcome,
+                }),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(leader_id), Some(node)) => Err(WriteError::NotLeader {
+                        id: self.id,
+                        leader_id,
+                        leader_addr: node.api_addr,
+                    }),
+                    _ => Err(WriteError::NoLeader),
+                }
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                Err(WriteError::Unavailable(e.to_string()))
+            }
+            Ok(Err(RaftError::Fatal(fatal))) => Err(WriteError::Unavailable(fatal.to_string())),
+        }
+    }
+
+    async fn forward(&self, leader_id: NodeId, proposal: Proposal) -> Result<Applied, WriteError> {
+        let Some((_, leader)) = self.leader().filter(|(id, _)| *id == leader_id) else {
+            return Err(WriteError::NoLeader);
+        };
+        let mut client = self
+            .peers
+            .client(&leader.raft_addr)
+            .map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        let bytes = encode(&proposal).map_err(|e| WriteError::Unavailable(e.to_string()))?;
+        metrics::counter!("agora_writes_forwarded_total").increment(1);
+        let reply = tokio::time::timeout(
+            WRITE_TIMEOUT + Duration::from_secs(1),
+            client.forward_write(ForwardWriteRequest { proposal: bytes }),
+        )
+        .await
+        .map_err(|_| WriteError::Unknown("the leader did not answer in time".into()))?
+        .map_err(|status| match status.code() {
+            // Nothing reached the leader: safe to say so plainly.
+            tonic::Code::Unavailable => WriteError::NoLeader,
+            _ => WriteError::Unknown(status.message().to_owned()),
+        })?
+        .into_inner();
+        decode::<Result<Applied, WriteError>>(&reply.result)
+            .map_err(|e| WriteError::Unknown(format!("undecodable answer from the leader: {e}")))?
+    }
+
+    /// Waits until this node is fresh enough for a read, and returns the
+    /// applied index the read will see (at least).
+    ///
+    /// # Errors
+    /// When the node cannot get there in time.
+    pub async fn read_barrier(&self, freshness: Freshness) -> Result<u64, ReadError> {
+        let mut wanted = freshness.min_index;
+        if freshness.linearizable {
+            wanted = wanted.max(self.read_index().await?);
+        }
+        self.wait_applied(wanted).await
+    }
+
+    /// Waits (bounded) until this node has applied `index`.
+    ///
+    /// # Errors
+    /// [`ReadError::Behind`] after [`READ_WAIT`].
+    pub async fn wait_applied(&self, index: u64) -> Result<u64, ReadError> {
+        let mut applied = self.state.applied();
+        let current = *applied.borrow();
+        if current >= index {
+            return Ok(current);
+        }
+        let reached = tokio::time::timeout(READ_WAIT, async {
+            applied.wait_for(|a| *a >= index).await.map(|a| *a)
+        })
+        .await;
+        match reached {
+            Ok(Ok(a)) => Ok(a),
+            _ => Err(ReadError::Behind {
+                applied: *self.state.applied().borrow(),
+                wanted: index,
+            }),
+        }
+    }
+
+    /// The leader's quorum-confirmed commit index (read-index): asked of
+    /// Raft on the leader, over the internal channel on a follower.
+    ///
+    /// # Errors
+    /// When no leader confirms in time.
+    pub async fn read_index(&self) -> Result<u64, ReadError> {
+        let local = tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.get_read_log_id()).await;
+        match local {
+            Err(_) => Err(ReadError::NoQuorum("the leader did not confirm in time".into())),
+            Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)))) => {
+                let (_, leader) = self
+                    .leader()
+                    .ok_or_else(|| ReadError::NoQuorum("no leader is known".into()))?;
+                let mut client = self
+                    .peers
+                    .client(&leader.raft_addr)
+                    .map_err(|e| ReadError::NoQuorum(e.to_string()))?;
+                let reply = tokio::time::timeout(READ_INDEX_TIMEOUT, client.read_index(ReadIndexRequest {}))
+                    .await
+                    .map_err(|_| ReadError::NoQuorum("the leader did not answer in time".into()))?
+                    .map_err(|s| ReadError::NoQuorum(s.message().to_owned()))?;
+                Ok(reply.into_inner().read_index)
+            }
+            Ok(Err(e)) => Err(ReadError::NoQuorum(e.to_string())),
+        }
+    }
+
+    /// A short name of this node's Raft role.
+    #[must_use]
+    pub fn role(metrics: &typ::RaftMetrics) -> &'static str {
+        match metrics.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        }
+    }
+}

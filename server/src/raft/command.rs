@@ -1,0 +1,199 @@
+//! The one replicated command type.
+//!
+//! A client's [`Proposal`] (what to do, and the request id that makes a retry
+//! safe) is stamped with the leader's clock into a [`Command`] and appended to
+//! the Raft log. Every node applies the same commands in the same order and
+//! gets the same [`Outcome`]: application never reads the clock or a random
+//! source, only what the command carries.
+//!
+//! Each [`Op`] variant keeps its validation (`validate`, run by the proposer
+//! before it spends a log entry) and its application (`apply`, run by every
+//! node) side by side.
+
+use serde::{Deserialize, Serialize};
+use sqlx::SqliteConnection;
+
+use crate::domain::kv;
+use crate::store;
+
+/// Identifies one logical write: a retry carries the same key and gets the
+/// first write's outcome instead of a second application.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestKey {
+    /// Who sent it (a client name; the user id once accounts exist).
+    pub client: String,
+    /// Unique per client and logical write.
+    pub id: String,
+}
+
+/// What a client asked the cluster to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Present on every client write; absent on internal commands the leader
+    /// makes itself (timers).
+    pub request: Option<RequestKey>,
+    /// The operation.
+    pub op: Op,
+}
+
+/// A log entry's payload: a proposal stamped by the leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// The leader's wall clock when it proposed this, in Unix milliseconds.
+    /// The only notion of "now" application may use.
+    pub time_ms: u64,
+    /// The client's proposal.
+    pub proposal: Proposal,
+}
+
+/// One replicated operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Write `value` under `key` in the replicated register.
+    Put {
+        /// Key (1..=256 bytes).
+        key: String,
+        /// Value (at most 64 KiB).
+        value: Vec<u8>,
+    },
+}
+
+/// What applying a command produced. Identical on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Entries that carry no command (blank, membership).
+    None,
+    /// A `Put` was applied: the key's revision after it.
+    Put {
+        /// Number of writes to the key so far.
+        revision: u64,
+    },
+    /// The command was refused; nothing changed (except that the refusal is
+    /// remembered for its request id).
+    Rejected(Rejection),
+}
+
+/// A deterministic refusal, decided while applying.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    /// The request id was used before for a different operation.
+    #[error("request id {0:?} was already used for a different request; use a new request id for a new request")]
+    RequestIdReused(String),
+    /// The input breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Where and when a command is applied.
+#[derive(Debug, Clone, Copy)]
+pub struct ApplyContext {
+    /// Log index of the entry.
+    pub index: u64,
+    /// The leader's timestamp from the command.
+    pub time_ms: u64,
+}
+
+impl Op {
+    /// Checks the operation on its own, before it is proposed.
+    ///
+    /// # Errors
+    /// A [`Rejection::Invalid`] saying what is wrong.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        match self {
+            Op::Put { key, value } => kv::validate_put(key, value).map_err(Rejection::Invalid),
+        }
+    }
+
+    /// Applies the operation inside the batch's transaction.
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        ctx: ApplyContext,
+    ) -> Result<Outcome, sqlx::Error> {
+        // Validation is pure and deterministic, so running it again here
+        // keeps a bad command from a buggy or old proposer out of the state.
+        if let Err(rejection) = self.validate() {
+            return Ok(Outcome::Rejected(rejection));
+        }
+        match self {
+            Op::Put { key, value } => {
+                let revision = store::kv::put(conn, key, value, ctx.index).await?;
+                Ok(Outcome::Put { revision })
+            }
+        }
+    }
+}
+
+impl Command {
+    /// Applies the command exactly once per request id: a request id seen
+    /// before returns the stored outcome (or a refusal, if the body differs).
+    ///
+    /// # Errors
+    /// Only storage errors; every domain refusal is an [`Outcome::Rejected`].
+    pub async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        index: u64,
+    ) -> Result<Outcome, sqlx::Error> {
+        let ctx = ApplyContext {
+            index,
+            time_ms: self.time_ms,
+        };
+        let Some(request) = &self.proposal.request else {
+            return self.proposal.op.apply(conn, ctx).await;
+        };
+        let body_hash = body_hash(&self.proposal.op);
+        if let Some(seen) = store::requests::find(conn, request).await? {
+            return Ok(if seen.body_hash == body_hash {
+                seen.outcome
+            } else {
+                Outcome::Rejected(Rejection::RequestIdReused(request.id.clone()))
+            });
+        }
+        let outcome = self.proposal.op.apply(conn, ctx).await?;
+        store::requests::insert(conn, request, &body_hash, &outcome, ctx).await?;
+        Ok(outcome)
+    }
+}
+
+/// A stable fingerprint of an operation's body, to tell a retry from a
+/// different request that reuses an id.
+#[must_use]
+pub fn body_hash(op: &Op) -> [u8; 32] {
+    // bincode of a plain enum is deterministic.
+    let bytes = bincode::serialize(op).unwrap_or_default();
+    *blake3::hash(&bytes).as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_hash_tells_bodies_apart() {
+        let a = Op::Put {
+            key: "k".into(),
+            value: b"1".to_vec(),
+        };
+        let b = Op::Put {
+            key: "k".into(),
+            value: b"2".to_vec(),
+        };
+        assert_eq!(body_hash(&a), body_hash(&a.clone()));
+        assert_ne!(body_hash(&a), body_hash(&b));
+    }
+
+    #[test]
+    fn validate_refuses_bad_puts() {
+        let empty = Op::Put {
+            key: String::new(),
+            value: vec![],
+        };
+        assert!(matches!(empty.validate(), Err(Rejection::Invalid(_))));
+        let ok = Op::Put {
+            key: "a".into(),
+            value: vec![1],
+        };
+        assert!(ok.validate().is_ok());
+    }
+}

@@ -1,0 +1,183 @@
+//! The Raft network: openraft's RPCs to other nodes over tonic with mutual
+//! TLS. One channel per peer node, made once and reused (tonic channels
+//! multiplex and reconnect by themselves).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_proto::raft::raft_service_client::RaftServiceClient;
+use agora_proto::raft::RaftPayload;
+use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use super::typ::{NodeId, RaftError, RpcError};
+use super::{NodeAddr, TypeConfig};
+
+/// How long to wait for a TCP + TLS connection to a peer node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest message between nodes (snapshot chunks, append batches).
+pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Channels to the other nodes' Raft listeners, shared by openraft's
+/// replication streams and by the write-forwarding / read-index calls.
+#[derive(Clone)]
+pub struct PeerChannels {
+    tls: ClientTlsConfig,
+    /// Keyed by address, so a node that moved gets a fresh channel.
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    /// Channels that present this node's certificate and trust the cluster CA.
+    #[must_use]
+    pub fn new(tls: ClientTlsConfig) -> Self {
+        Self {
+            tls,
+            channels: Arc::default(),
+        }
+    }
+
+    /// The channel to `raft_addr`, made on first use.
+    ///
+    /// # Errors
+    /// When the address is not a valid `host:port`.
+    pub fn channel(&self, raft_addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut channels = self
+            .channels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(c) = channels.get(raft_addr) {
+            return Ok(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("https://{raft_addr}"))?
+            .tls_config(self.tls.clone())?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .connect_lazy();
+        channels.insert(raft_addr.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A Raft-service client for `raft_addr`.
+    ///
+    /// # Errors
+    /// When the address is not a valid `host:port`.
+    pub fn client(&self, raft_addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+        Ok(RaftServiceClient::new(self.channel(raft_addr)?)
+            .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerChannels {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerConnection {
+        PeerConnection {
+            target,
+            client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// openraft's handle on one peer.
+pub struct PeerConnection {
+    target: NodeId,
+    /// An error when the peer's address is unusable; reported as unreachable
+    /// on every call.
+    client: Result<RaftServiceClient<Channel>, String>,
+}
+
+/// Encodes a value for the wire.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+    bincode::serialize(value)
+}
+
+/// Decodes a value from the wire.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+    bincode::deserialize(bytes)
+}
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcError<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RpcError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
+        };
+        let data = encode(req).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        let payload = RaftPayload { data };
+        let ttl = option.hard_ttl();
+        let call = async {
+            match rpc {
+                "append" => client.append_entries(payload).await,
+                "vote" => client.vote(payload).await,
+                _ => client.install_snapshot(payload).await,
+            }
+        };
+        let reply = match tokio::time::timeout(ttl, call).await {
+            Err(_) => {
+                return Err(RpcError::Network(NetworkError::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("{rpc} to node {} timed out after {ttl:?}", self.target),
+                ))))
+            }
+            Ok(Err(status)) => {
+                let err = std::io::Error::other(format!("{rpc} to node {}: {status}", self.target));
+                return Err(if status.code() == tonic::Code::Unavailable {
+                    RpcError::Unreachable(Unreachable::new(&err))
+                } else {
+                    RpcError::Network(NetworkError::new(&err))
+                });
+            }
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        let result: Result<Resp, RaftError<E>> =
+            decode(&reply.data).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RpcError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcError> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RpcError<InstallSnapshotError>> {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RpcError> {
+        self.call("vote", &rpc, &option).await
+    }
+}

@@ -1,0 +1,199 @@
+//! Starting and stopping a node: storage, Raft, and the three listeners
+//! (public gRPC, internal Raft gRPC with mutual TLS, Prometheus metrics).
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests
+//! and `agora-server dev` start real nodes on port 0 and stop them cleanly.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use agora_proto::admin::admin_service_server::AdminServiceServer;
+use agora_proto::market::kv_service_server::KvServiceServer;
+use agora_proto::raft::raft_service_server::RaftServiceServer;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+
+use crate::config::{ConfigError, NodeConfig};
+use crate::grpc::admin::AdminApi;
+use crate::grpc::kv::KvApi;
+use crate::grpc::raft::RaftApi;
+use crate::grpc::rpc_metrics::RpcMetricsLayer;
+use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
+use crate::node::Node;
+use crate::observability;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::{PeerChannels, MAX_RAFT_MESSAGE_BYTES};
+use crate::raft::state_machine::StateMachine;
+use crate::raft::typ::{self, StorageError};
+use crate::raft::NodeAddr;
+use crate::tls::{TlsError, TlsMaterial};
+
+/// The listeners a node serves on, bound by the caller.
+pub struct Listeners {
+    /// Public gRPC (peers, operators).
+    pub api: TcpListener,
+    /// Internal Raft gRPC.
+    pub raft: TcpListener,
+    /// Prometheus metrics.
+    pub metrics: TcpListener,
+}
+
+/// What a running node writes to `DATA_DIR/node.json` once it listens, so
+/// scripts and tests learn its addresses (also when bound to port 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Raft node id.
+    pub id: u64,
+    /// Process id.
+    pub pid: u32,
+    /// Public gRPC address.
+    pub api_addr: String,
+    /// Internal Raft address.
+    pub raft_addr: String,
+    /// Metrics address.
+    pub metrics_addr: String,
+}
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Unreadable certificates.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The log or state database failed.
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// A file or socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// A gRPC server failed.
+    #[error("a gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Raft could not start.
+    #[error("raft failed: {0}")]
+    Raft(String),
+    /// Reflection could not be built.
+    #[error("gRPC reflection failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+fn write_node_info(dir: &Path, info: &NodeInfo) -> std::io::Result<()> {
+    let tmp = dir.join("node.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?)?;
+    std::fs::rename(tmp, dir.join("node.json"))
+}
+
+/// Runs a node until `shutdown` resolves, then stops it gracefully.
+///
+/// # Errors
+/// When the node cannot start, or a server fails.
+pub async fn run(
+    config: NodeConfig,
+    listeners: Listeners,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    config.validate()?;
+    let tls = TlsMaterial::load(&config)?;
+    std::fs::create_dir_all(&config.data_dir)?;
+
+    let log = LogStore::open(&config.data_dir.join("raft-log.db")).await?;
+    let state = StateMachine::open(&config.data_dir).await?;
+    let peers = PeerChannels::new(tls.peer_client());
+    let raft = typ::Raft::new(
+        config.id,
+        Arc::new(config.raft_config()?),
+        peers.clone(),
+        log.clone(),
+        state.clone(),
+    )
+    .await
+    .map_err(|e| NodeError::Raft(e.to_string()))?;
+
+    let api_local = listeners.api.local_addr()?;
+    let raft_local = listeners.raft.local_addr()?;
+    let metrics_local = listeners.metrics.local_addr()?;
+    let addr = NodeAddr {
+        api_addr: config.advertise_api.clone().unwrap_or_else(|| api_local.to_string()),
+        raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_local.to_string()),
+    };
+    let node = Node::new(config.id, raft.clone(), state, log.clone(), peers, addr.clone());
+    tokio::spawn(observability::export_raft_metrics(raft.clone(), move || {
+        log.committed_index()
+    }));
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    let (mut health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KvServiceServer<KvApi>>().await;
+    health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let api_server = Server::builder()
+        .tls_config(tls.api_server())?
+        .layer(RpcMetricsLayer)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            KvServiceServer::new(KvApi::new(node.clone())).max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(node.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
+    let raft_server = Server::builder()
+        .tls_config(tls.raft_server())?
+        .layer(RpcMetricsLayer)
+        .add_service(
+            RaftServiceServer::new(RaftApi::new(node.clone()))
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.raft), stopped());
+    let metrics_server = observability::serve_metrics(listeners.metrics, metrics, stopped());
+
+    write_node_info(
+        &config.data_dir,
+        &NodeInfo {
+            id: config.id,
+            pid: std::process::id(),
+            api_addr: addr.api_addr.clone(),
+            raft_addr: addr.raft_addr.clone(),
+            metrics_addr: metrics_local.to_string(),
+        },
+    )?;
+    tracing::info!(id = config.id, api = %addr.api_addr, raft = %addr.raft_addr, metrics = %metrics_local, "node listening");
+
+    let api_task = tokio::spawn(api_server);
+    let raft_task = tokio::spawn(raft_server);
+    let metrics_task = tokio::spawn(metrics_server);
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    for task in [api_task, raft_task] {
+        if let Ok(Err(e)) = task.await {
+            tracing::warn!(error = %e, "gRPC server stopped with an error");
+        }
+    }
+    let _ = metrics_task.await;
+    let _ = std::fs::remove_file(config.data_dir.join("node.json"));
+    tracing::info!("stopped");
+    Ok(())
+}
