@@ -1,1 +1,48 @@
-fn main() {}
+//! `agora-loadtest`: drives load against a real Agora cluster and reports
+//! what it measured.
+
+mod writes;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Load generator for an Agora cluster.
+#[derive(Parser)]
+#[command(name = "agora-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Replicated write throughput and latency (the core's raw write path).
+    Writes(writes::WritesArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Writes(args) => writes::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -66,7 +66,9 @@ pub enum ClientError {
         source: tonic::transport::Error,
     },
     /// The TLS settings could not be applied to a channel.
-    #[error("the TLS settings for node {id} were rejected; check the CA and client certificate files")]
+    #[error(
+        "the TLS settings for node {id} were rejected; check the CA and client certificate files"
+    )]
     Tls {
         /// The node whose channel was being built.
         id: u64,

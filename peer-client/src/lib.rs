@@ -15,5 +15,5 @@ mod tls;
 pub use cluster::ClusterClient;
 pub use error::ClientError;
 pub use request_id::{new_request_id, request_id};
-pub use retry::{describe_status, is_retryable, leader_hint_of};
+pub use retry::{describe_status, is_retryable, leader_hint_of, RetryPolicy};
 pub use tls::{ClientIdentity, ClientTls};

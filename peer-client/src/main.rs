@@ -1,1 +1,138 @@
-fn main() {}
+//! `agora`: the peer's command line.
+//!
+//! For now it exercises the cluster client with the replicated key/value
+//! register (`put` / `get`); the marketplace commands come later.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agora_peer::{describe_status, request_id, ClusterClient};
+use agora_proto::market::ReadConsistency;
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// The Agora peer.
+#[derive(Debug, Parser)]
+#[command(name = "agora", version, about)]
+struct Cli {
+    /// The cluster file.
+    #[arg(
+        long,
+        global = true,
+        env = "AGORA_CLUSTER",
+        default_value = "./agora-dev/cluster.toml"
+    )]
+    cluster: PathBuf,
+    /// Print one JSON document instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a value to the replicated key/value register.
+    Put {
+        /// Key (1 to 256 bytes).
+        key: String,
+        /// Value (stored as its UTF-8 bytes).
+        value: String,
+        /// Who writes (part of the request id that makes retries safe).
+        #[arg(long, default_value = "agora-cli")]
+        client: String,
+    },
+    /// Read a value from the replicated key/value register.
+    Get {
+        /// Key.
+        key: String,
+        /// Wait until the answering node has applied at least this index
+        /// (the index a `put` printed), to read your own write anywhere.
+        #[arg(long, default_value_t = 0)]
+        min_index: u64,
+        /// See every write acknowledged before the read started.
+        #[arg(long)]
+        linearizable: bool,
+        /// Ask this node only (default: any node that answers).
+        #[arg(long)]
+        node: Option<u64>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = ClusterClient::load(&cli.cluster)?;
+    match cli.command {
+        Command::Put {
+            key,
+            value,
+            client: who,
+        } => {
+            let reply = client
+                .put(key.clone(), value.into_bytes(), request_id(who))
+                .await
+                .map_err(|status| anyhow::anyhow!(describe_status(&status)))
+                .with_context(|| format!("could not write {key:?}"))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({"key": key, "index": reply.index, "revision": reply.revision})
+                );
+            } else {
+                println!(
+                    "wrote {key:?} (revision {}) at index {}",
+                    reply.revision, reply.index
+                );
+            }
+        }
+        Command::Get {
+            key,
+            min_index,
+            linearizable,
+            node,
+        } => {
+            let consistency = ReadConsistency {
+                min_index,
+                linearizable,
+            };
+            let reply = client
+                .get(key.clone(), consistency, node)
+                .await
+                .map_err(|status| anyhow::anyhow!(describe_status(&status)))
+                .with_context(|| format!("could not read {key:?}"))?;
+            let value = String::from_utf8_lossy(&reply.value);
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({
+                        "key": key,
+                        "found": reply.found,
+                        "value": if reply.found { Some(value.as_ref()) } else { None },
+                        "revision": reply.revision,
+                        "applied_index": reply.applied_index,
+                    })
+                );
+            } else if reply.found {
+                println!("{value}");
+            } else {
+                anyhow::bail!(
+                    "the key {key:?} has no value (the node had applied up to index {})",
+                    reply.applied_index
+                );
+            }
+        }
+    }
+    Ok(())
+}

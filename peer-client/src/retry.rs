@@ -17,13 +17,39 @@ pub(crate) const MAX_ATTEMPTS: u32 = 30;
 pub(crate) const RETRY_BUDGET: Duration = Duration::from_secs(20);
 /// Longest one write attempt may take before the client tries again (the
 /// node may be hung rather than dead, which no connection error reveals).
-pub(crate) const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest one read may take; a node waits (bounded) for `min_index`.
-pub(crate) const READ_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause between attempts that do not follow a redirect.
 const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest pause between attempts.
 const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// How hard a [`ClusterClient`](crate::ClusterClient) tries before it
+/// returns an error. The default suits interactive use and tests on a busy
+/// machine: up to 30 attempts within 20 s, 5 s per attempt, 10 s per read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most attempts per call.
+    pub max_attempts: u32,
+    /// Longest a call keeps retrying, all attempts together.
+    pub budget: Duration,
+    /// Longest one attempt of a leader call (a write) may take.
+    pub attempt_timeout: Duration,
+    /// Longest one read from one node may take.
+    pub read_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: MAX_ATTEMPTS,
+            budget: RETRY_BUDGET,
+            attempt_timeout: ATTEMPT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+        }
+    }
+}
 
 /// Whether an RPC that failed with `status` may be sent again (to the same
 /// or another node) without changing its meaning.

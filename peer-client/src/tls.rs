@@ -73,10 +73,9 @@ impl ClientTls {
             .ca_certificate(Certificate::from_pem(&self.ca_pem))
             .domain_name(self.server_name.clone());
         match &self.identity {
-            Some(identity) => config.identity(Identity::from_pem(
-                &identity.cert_pem,
-                &identity.key_pem,
-            )),
+            Some(identity) => {
+                config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem))
+            }
             None => config,
         }
     }

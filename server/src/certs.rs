@@ -96,7 +96,8 @@ pub fn ensure_dev_certs(dir: &Path, nodes: u64) -> Result<DevCerts, CertError> {
     let ca_key_path = dir.join("ca.key");
     let (ca_cert, ca_key) = if certs.ca_cert().is_file() && ca_key_path.is_file() {
         let key_pem = std::fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-        let cert_pem = std::fs::read_to_string(certs.ca_cert()).map_err(io_err(&certs.ca_cert()))?;
+        let cert_pem =
+            std::fs::read_to_string(certs.ca_cert()).map_err(io_err(&certs.ca_cert()))?;
         let key = KeyPair::from_pem(&key_pem)?;
         // Same subject and key as the stored CA, so what it signs verifies
         // against the stored CA certificate.
@@ -120,32 +121,33 @@ pub fn ensure_dev_certs(dir: &Path, nodes: u64) -> Result<DevCerts, CertError> {
         (cert, key)
     };
 
-    let issue = |name: &str, cert_path: &Path, key_path: &Path, server: bool| -> Result<(), CertError> {
-        if cert_path.is_file() && key_path.is_file() {
-            return Ok(());
-        }
-        let mut names = vec![name.to_owned()];
-        if server {
-            names.push(DEFAULT_SERVER_NAME.to_owned());
-            names.push("localhost".to_owned());
-        }
-        let mut params = CertificateParams::new(names)?;
-        if server {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        }
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
-        std::fs::write(cert_path, cert.pem()).map_err(io_err(cert_path))?;
-        write_private(key_path, &key.serialize_pem())
-    };
+    let issue =
+        |name: &str, cert_path: &Path, key_path: &Path, server: bool| -> Result<(), CertError> {
+            if cert_path.is_file() && key_path.is_file() {
+                return Ok(());
+            }
+            let mut names = vec![name.to_owned()];
+            if server {
+                names.push(DEFAULT_SERVER_NAME.to_owned());
+                names.push("localhost".to_owned());
+            }
+            let mut params = CertificateParams::new(names)?;
+            if server {
+                params
+                    .subject_alt_names
+                    .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            }
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+            std::fs::write(cert_path, cert.pem()).map_err(io_err(cert_path))?;
+            write_private(key_path, &key.serialize_pem())
+        };
     for id in 1..=nodes {
         issue(
             &format!("agora-node-{id}"),
@@ -154,7 +156,12 @@ pub fn ensure_dev_certs(dir: &Path, nodes: u64) -> Result<DevCerts, CertError> {
             true,
         )?;
     }
-    issue("agora-operator", &certs.client_cert(), &certs.client_key(), false)?;
+    issue(
+        "agora-operator",
+        &certs.client_cert(),
+        &certs.client_key(),
+        false,
+    )?;
     Ok(certs)
 }
 

@@ -308,7 +308,9 @@ mod tests {
     fn validate_refuses_bad_timing() {
         let mut config = NodeConfig::for_id(1);
         config.heartbeat_ms = 1000;
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("heartbeat")));
+        assert!(
+            matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("heartbeat"))
+        );
         let mut config = NodeConfig::for_id(0);
         config.id = 0;
         assert!(config.validate().is_err());

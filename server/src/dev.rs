@@ -58,11 +58,12 @@ fn port(base: u16, offset: u64) -> anyhow::Result<u16> {
 }
 
 /// Runs the dev cluster until Ctrl-C.
-pub fn run(args: DevArgs) -> anyhow::Result<()> {
+pub fn run(args: &DevArgs) -> anyhow::Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be 1 or more");
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("cannot create {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let certs = ensure_dev_certs(&dir.join("certs"), args.nodes)?;
     let exe = std::env::current_exe()?;
@@ -82,11 +83,17 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         node.child = Some(spawn_node(&exe, &dir, &certs, node)?);
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let result = runtime.block_on(async {
         let tls = operator_tls(&certs)?;
         let leader = bring_up(&nodes, &tls).await?;
-        println!("Agora dev cluster of {} node(s) is up in {}", nodes.len(), dir.display());
+        println!(
+            "Agora dev cluster of {} node(s) is up in {}",
+            nodes.len(),
+            dir.display()
+        );
         for node in &nodes {
             let mark = if node.id == leader { "  (leader)" } else { "" };
             println!(
@@ -97,7 +104,10 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         println!("  cluster file: {}", dir.join("cluster.toml").display());
         demo(&nodes, leader, &tls).await?;
         println!();
-        println!("Try: cargo run -p agora-admin -- --cluster {} status", dir.join("cluster.toml").display());
+        println!(
+            "Try: cargo run -p agora-admin -- --cluster {} status",
+            dir.join("cluster.toml").display()
+        );
         if args.detach {
             return Ok(true);
         }
@@ -191,7 +201,11 @@ async fn bring_up(nodes: &[DevNode], tls: &ClientTlsConfig) -> anyhow::Result<u6
             match client.status(StatusRequest {}).await {
                 Ok(_) => break,
                 Err(e) if Instant::now() > deadline => {
-                    bail!("node {} did not come up: {}; see its node.log", node.id, e.message())
+                    bail!(
+                        "node {} did not come up: {}; see its node.log",
+                        node.id,
+                        e.message()
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -209,7 +223,9 @@ async fn bring_up(nodes: &[DevNode], tls: &ClientTlsConfig) -> anyhow::Result<u6
         .collect();
     match clients[0].initialize(InitializeRequest { members }).await {
         Ok(_) => println!("bootstrapped a new cluster"),
-        Err(s) if s.code() == tonic::Code::AlreadyExists => println!("resuming the existing cluster"),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            println!("resuming the existing cluster")
+        }
         Err(s) => bail!("cannot bootstrap the cluster: {}", s.message()),
     }
     loop {
@@ -222,7 +238,10 @@ async fn bring_up(nodes: &[DevNode], tls: &ClientTlsConfig) -> anyhow::Result<u6
             }
         }
         if Instant::now() > deadline {
-            bail!("no leader was elected within {} s; see the nodes' node.log", START_DEADLINE.as_secs());
+            bail!(
+                "no leader was elected within {} s; see the nodes' node.log",
+                START_DEADLINE.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -232,7 +251,10 @@ async fn bring_up(nodes: &[DevNode], tls: &ClientTlsConfig) -> anyhow::Result<u6
 /// replicated core at work.
 async fn demo(nodes: &[DevNode], leader: u64, tls: &ClientTlsConfig) -> anyhow::Result<()> {
     let writer = nodes.iter().find(|n| n.id != leader).unwrap_or(&nodes[0]);
-    let reader = nodes.iter().find(|n| n.id != writer.id).unwrap_or(&nodes[0]);
+    let reader = nodes
+        .iter()
+        .find(|n| n.id != writer.id)
+        .unwrap_or(&nodes[0]);
     let mut w = KvServiceClient::new(channel(&writer.api, tls)?);
     let put = w
         .put(PutRequest {
@@ -296,7 +318,10 @@ fn stop_all(nodes: &mut [DevNode]) {
     for node in nodes.iter() {
         if let Some(child) = &node.child {
             if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
     }

@@ -24,7 +24,9 @@ pub enum WriteError {
         leader_addr: String,
     },
     /// No leader is known right now.
-    #[error("the cluster has no leader at the moment (an election is under way); retry in a moment")]
+    #[error(
+        "the cluster has no leader at the moment (an election is under way); retry in a moment"
+    )]
     NoLeader,
     /// The write may or may not have been applied.
     #[error("the write's outcome is unknown ({0}); retry with the same request id, it will not be applied twice")]

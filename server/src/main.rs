@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one cluster node.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Start a local cluster of node processes (certificates included) and
     /// stop it with Ctrl-C. Running it again resumes the same cluster.
     Dev(dev::DevArgs),
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Node(args) => run_node(&args),
-        Command::Dev(args) => dev::run(args),
+        Command::Dev(args) => dev::run(&args),
         Command::Certs { out, nodes } => certs::ensure_dev_certs(&out, nodes)
             .map(|c| println!("certificates are in {}", c.dir.display()))
             .map_err(anyhow::Error::from),
@@ -58,7 +58,9 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     config.validate()?;
     observability::init_tracing(config.log_json);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let bind = |addr| async move {
             tokio::net::TcpListener::bind(addr)

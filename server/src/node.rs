@@ -5,11 +5,14 @@
 //!   proposal is forwarded to the leader over the internal (mutual-TLS)
 //!   channel. Every client write carries a request id, so forwarding after
 //!   an unclear failure is just a safe retry.
+//! - **Batching**: on the leader, proposals wait in a queue while earlier
+//!   batches are being committed; the batcher takes everything queued as one
+//!   log entry. openraft appends one entry per log flush, so without this a
+//!   node would commit one client write per fsync.
 //! - **Reads** wait (bounded) until this node has applied `min_index`, and,
 //!   for linearizable reads, until it has applied the leader's
 //!   quorum-confirmed commit index (read-index).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +20,7 @@ use agora_proto::raft::{ForwardWriteRequest, ReadIndexRequest};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::ServerState;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::error::{ReadError, WriteError};
 use crate::raft::command::{Command, Outcome, Proposal};
@@ -33,6 +37,13 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const READ_WAIT: Duration = Duration::from_secs(5);
 /// Longest a follower waits for the leader's read index.
 const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most proposals in one log entry.
+const MAX_BATCH_PROPOSALS: usize = 2048;
+/// Batches proposed and not yet applied, at most. While they are in flight
+/// new proposals queue up and form the next batch.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Proposals waiting for the batcher, at most (back-pressure beyond).
+const PROPOSAL_QUEUE: usize = 65_536;
 
 /// A write's result: the outcome and the log index it was applied at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,9 +79,14 @@ pub struct Node {
     pub addr: NodeAddr,
     /// When this process started, for uptime.
     pub started: Instant,
-    /// The last timestamp this node stamped on a command: the leader's clock
-    /// never runs backwards in the log, even if the wall clock does.
-    last_time_ms: AtomicU64,
+    /// Proposals waiting to be batched into a log entry.
+    proposals: mpsc::Sender<Pending>,
+}
+
+/// A proposal waiting for the batcher, with where to send its result.
+struct Pending {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<Applied, WriteError>>,
 }
 
 fn now_ms() -> u64 {
@@ -90,6 +106,8 @@ impl Node {
         peers: PeerChannels,
         addr: NodeAddr,
     ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_batcher(id, raft.clone(), rx));
         Arc::new(Self {
             id,
             raft,
@@ -98,16 +116,8 @@ impl Node {
             peers,
             addr,
             started: Instant::now(),
-            last_time_ms: AtomicU64::new(0),
+            proposals: tx,
         })
-    }
-
-    /// The leader's clock for a new command: wall time, never below the last
-    /// stamp.
-    fn stamp(&self) -> u64 {
-        let now = now_ms();
-        let prev = self.last_time_ms.fetch_max(now, Ordering::Relaxed);
-        prev.max(now)
     }
 
     /// The leader's id and address as this node knows them.
@@ -130,6 +140,10 @@ impl Node {
     /// A [`WriteError`] (refusal, no leader, unknown outcome).
     pub async fn write(&self, proposal: Proposal) -> Result<Applied, WriteError> {
         proposal.op.validate()?;
+        // A follower that knows the leader forwards at once.
+        if let Some((leader_id, _)) = self.leader().filter(|(l, _)| *l != self.id) {
+            return self.forward(leader_id, proposal).await;
+        }
         match self.write_local(proposal.clone()).await {
             Err(WriteError::NotLeader { leader_id, .. }) if leader_id != self.id => {
                 self.forward(leader_id, proposal).await
@@ -144,39 +158,20 @@ impl Node {
     /// [`WriteError::NotLeader`] when this node is not the leader, and the
     /// other write errors.
     pub async fn write_local(&self, proposal: Proposal) -> Result<Applied, WriteError> {
-        let command = Command {
-            time_ms: self.stamp(),
-            proposal,
-        };
-        let started = Instant::now();
-        let result = tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(command)).await;
-        metrics::histogram!("agora_write_commit_seconds").record(started.elapsed().as_secs_f64());
-        match result {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Pending { proposal, reply })
+            .await
+            .map_err(|_| WriteError::Unavailable("this node is shutting down".into()))?;
+        match tokio::time::timeout(WRITE_TIMEOUT, rx).await {
             Err(_) => Err(WriteError::Unknown(format!(
                 "not applied within {} s",
                 WRITE_TIMEOUT.as_secs()
             ))),
-            Ok(Ok(response)) => match response.data {
-                Outcome::Rejected(rejection) => Err(WriteError::Rejected(rejection)),
-                outcome => Ok(Applied {
-                    index: response.log_id.index,
-                    outcome,
-                }),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-                match (forward.leader_id, forward.leader_node) {
-                    (Some(leader_id), Some(node)) => Err(WriteError::NotLeader {
-                        id: self.id,
-                        leader_id,
-                        leader_addr: node.api_addr,
-                    }),
-                    _ => Err(WriteError::NoLeader),
-                }
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                Err(WriteError::Unavailable(e.to_string()))
-            }
-            Ok(Err(RaftError::Fatal(fatal))) => Err(WriteError::Unavailable(fatal.to_string())),
+            Ok(Err(_)) => Err(WriteError::Unknown(
+                "this node stopped while writing".into(),
+            )),
+            Ok(Ok(result)) => result,
         }
     }
 
@@ -250,9 +245,13 @@ impl Node {
     pub async fn read_index(&self) -> Result<u64, ReadError> {
         let local = tokio::time::timeout(READ_INDEX_TIMEOUT, self.raft.get_read_log_id()).await;
         match local {
-            Err(_) => Err(ReadError::NoQuorum("the leader did not confirm in time".into())),
+            Err(_) => Err(ReadError::NoQuorum(
+                "the leader did not confirm in time".into(),
+            )),
             Ok(Ok((read, _applied))) => Ok(read.map_or(0, |l| l.index)),
-            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(_)))) => {
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                _,
+            )))) => {
                 let (_, leader) = self
                     .leader()
                     .ok_or_else(|| ReadError::NoQuorum("no leader is known".into()))?;
@@ -260,10 +259,13 @@ impl Node {
                     .peers
                     .client(&leader.raft_addr)
                     .map_err(|e| ReadError::NoQuorum(e.to_string()))?;
-                let reply = tokio::time::timeout(READ_INDEX_TIMEOUT, client.read_index(ReadIndexRequest {}))
-                    .await
-                    .map_err(|_| ReadError::NoQuorum("the leader did not answer in time".into()))?
-                    .map_err(|s| ReadError::NoQuorum(s.message().to_owned()))?;
+                let reply = tokio::time::timeout(
+                    READ_INDEX_TIMEOUT,
+                    client.read_index(ReadIndexRequest {}),
+                )
+                .await
+                .map_err(|_| ReadError::NoQuorum("the leader did not answer in time".into()))?
+                .map_err(|s| ReadError::NoQuorum(s.message().to_owned()))?;
                 Ok(reply.into_inner().read_index)
             }
             Ok(Err(e)) => Err(ReadError::NoQuorum(e.to_string())),
@@ -279,6 +281,85 @@ impl Node {
             ServerState::Candidate => "candidate",
             ServerState::Learner => "learner",
             ServerState::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Takes queued proposals in batches and proposes each batch as one entry,
+/// keeping at most [`MAX_BATCHES_IN_FLIGHT`] batches in Raft at once.
+async fn run_batcher(id: NodeId, raft: typ::Raft, mut rx: mpsc::Receiver<Pending>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    // The leader's clock never runs backwards in the log, even if the wall
+    // clock does.
+    let mut last_time_ms = 0;
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_PROPOSALS {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        last_time_ms = now_ms().max(last_time_ms);
+        let raft = raft.clone();
+        let time_ms = last_time_ms;
+        tokio::spawn(async move {
+            propose_batch(id, &raft, time_ms, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn propose_batch(id: NodeId, raft: &typ::Raft, time_ms: u64, batch: Vec<Pending>) {
+    #[allow(clippy::cast_precision_loss)]
+    metrics::histogram!("agora_write_batch_entries").record(batch.len() as f64);
+    let (proposals, replies): (Vec<Proposal>, Vec<_>) =
+        batch.into_iter().map(|p| (p.proposal, p.reply)).unzip();
+    let command = Command { time_ms, proposals };
+    let started = Instant::now();
+    let result = raft.client_write(command).await;
+    metrics::histogram!("agora_write_commit_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => {
+            let index = response.log_id.index;
+            let mut outcomes = response.data.into_iter();
+            for reply in replies {
+                let result = match outcomes.next() {
+                    Some(Outcome::Rejected(rejection)) => Err(WriteError::Rejected(rejection)),
+                    Some(outcome) => Ok(Applied { index, outcome }),
+                    None => Err(WriteError::Unknown(
+                        "the batch produced fewer outcomes than proposals".into(),
+                    )),
+                };
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            let error = match e {
+                RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                    match (forward.leader_id, forward.leader_node) {
+                        (Some(leader_id), Some(node)) => WriteError::NotLeader {
+                            id,
+                            leader_id,
+                            leader_addr: node.api_addr,
+                        },
+                        _ => WriteError::NoLeader,
+                    }
+                }
+                RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                    WriteError::Unavailable(e.to_string())
+                }
+                RaftError::Fatal(fatal) => WriteError::Unavailable(fatal.to_string()),
+            };
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
         }
     }
 }

@@ -21,7 +21,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Size buckets for batch histograms.
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
 
 /// Installs the tracing subscriber (text or JSON lines on stderr).
 pub fn init_tracing(json: bool) {
@@ -66,7 +68,9 @@ pub async fn serve_metrics(
             async move { handle.render() }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Mirrors openraft's metrics into Prometheus gauges until Raft stops.
@@ -79,16 +83,22 @@ pub async fn export_raft_metrics(raft: typ::Raft, committed: impl Fn() -> u64 + 
             let g = |v: u64| v as f64;
             let last_log = m.last_log_index.unwrap_or(0);
             metrics::gauge!("agora_raft_term").set(g(m.current_term));
-            metrics::gauge!("agora_raft_is_leader").set(if m.state.is_leader() { 1.0 } else { 0.0 });
+            metrics::gauge!("agora_raft_is_leader").set(if m.state.is_leader() {
+                1.0
+            } else {
+                0.0
+            });
             metrics::gauge!("agora_raft_leader_id").set(g(m.current_leader.unwrap_or(0)));
             metrics::gauge!("agora_raft_last_log_index").set(g(last_log));
             metrics::gauge!("agora_raft_committed_index").set(g(committed()));
-            metrics::gauge!("agora_raft_applied_index").set(g(m.last_applied.map_or(0, |l| l.index)));
+            metrics::gauge!("agora_raft_applied_index")
+                .set(g(m.last_applied.map_or(0, |l| l.index)));
             metrics::gauge!("agora_raft_snapshot_index").set(g(m.snapshot.map_or(0, |l| l.index)));
             if let Some(replication) = &m.replication {
                 for (id, matched) in replication.iter() {
                     let lag = last_log.saturating_sub(matched.map_or(0, |l| l.index));
-                    metrics::gauge!("agora_raft_replication_lag", "target" => id.to_string()).set(g(lag));
+                    metrics::gauge!("agora_raft_replication_lag", "target" => id.to_string())
+                        .set(g(lag));
                 }
             }
         }

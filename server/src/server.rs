@@ -86,7 +86,10 @@ pub enum NodeError {
 
 fn write_node_info(dir: &Path, info: &NodeInfo) -> std::io::Result<()> {
     let tmp = dir.join("node.json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(info).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(tmp, dir.join("node.json"))
 }
 
@@ -121,13 +124,27 @@ pub async fn run(
     let raft_local = listeners.raft.local_addr()?;
     let metrics_local = listeners.metrics.local_addr()?;
     let addr = NodeAddr {
-        api_addr: config.advertise_api.clone().unwrap_or_else(|| api_local.to_string()),
-        raft_addr: config.advertise_raft.clone().unwrap_or_else(|| raft_local.to_string()),
+        api_addr: config
+            .advertise_api
+            .clone()
+            .unwrap_or_else(|| api_local.to_string()),
+        raft_addr: config
+            .advertise_raft
+            .clone()
+            .unwrap_or_else(|| raft_local.to_string()),
     };
-    let node = Node::new(config.id, raft.clone(), state, log.clone(), peers, addr.clone());
-    tokio::spawn(observability::export_raft_metrics(raft.clone(), move || {
-        log.committed_index()
-    }));
+    let node = Node::new(
+        config.id,
+        raft.clone(),
+        state,
+        log.clone(),
+        peers,
+        addr.clone(),
+    );
+    tokio::spawn(observability::export_raft_metrics(
+        raft.clone(),
+        move || log.committed_index(),
+    ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -151,10 +168,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            KvServiceServer::new(KvApi::new(node.clone())).max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+            KvServiceServer::new(KvApi::new(node.clone()))
+                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(node.clone())).max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+            AdminServiceServer::new(AdminApi::new(node.clone()))
+                .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
     let raft_server = Server::builder()

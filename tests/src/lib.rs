@@ -1,1 +1,29 @@
-//! End-to-end test support.
+//! End-to-end test support: real `agora-server` processes on loopback.
+//!
+//! [`TestCluster`] starts a cluster in a temporary directory (certificates
+//! made by `agora-server certs`, one process per node on port 0, then
+//! `Initialize`), and gives tests what they need to break it: kill, stop,
+//! restart, add nodes, and poll every node's status with deadlines.
+//!
+//! The server binaries are not built by `cargo test -p agora-tests`; build
+//! them first with `cargo build --workspace --bins`. Every node's log goes
+//! to a file in the cluster's directory, and the tail of each is printed
+//! when the cluster is dropped (test output is only shown when a test
+//! fails). Environment knobs:
+//!
+//! - `AGORA_BIN_DIR`: where the binaries are, instead of next to the test.
+//! - `AGORA_TEST_KEEP_DIR=1`: keep the cluster directory after the test (it
+//!   is always kept when the test panics).
+//! - `AGORA_TEST_LOG_LINES=N`: how many lines of each node's log to print
+//!   on drop (default 80, 0 for none).
+//! - `RUST_LOG`: passed through to the nodes.
+
+mod binaries;
+mod cluster;
+mod node;
+mod wait;
+
+pub use binaries::{binary, SERVER_BINARY};
+pub use cluster::{TestCluster, TestOptions};
+pub use node::NodeInfo;
+pub use wait::{wait_for, Probe, POLL_INTERVAL};

@@ -73,21 +73,28 @@ fn membership_reply(response: &ClientWriteResponse<TypeConfig>, node: &Node) -> 
     }
 }
 
-fn membership_error(node: &Node, e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> Status {
+fn membership_error(
+    node: &Node,
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
+) -> Status {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match (f.leader_id, f.leader_node) {
-            (Some(leader_id), Some(n)) => WriteError::NotLeader {
-                id: node.id,
-                leader_id,
-                leader_addr: n.api_addr,
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            match (f.leader_id, f.leader_node) {
+                (Some(leader_id), Some(n)) => WriteError::NotLeader {
+                    id: node.id,
+                    leader_id,
+                    leader_addr: n.api_addr,
+                }
+                .into(),
+                _ => WriteError::NoLeader.into(),
             }
-            .into(),
-            _ => WriteError::NoLeader.into(),
-        },
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Status::failed_precondition(format!("the membership change was refused: {e}"))
         }
-        RaftError::Fatal(f) => Status::unavailable(format!("this node cannot change membership: {f}")),
+        RaftError::Fatal(f) => {
+            Status::unavailable(format!("this node cannot change membership: {f}"))
+        }
     }
 }
 
@@ -115,7 +122,10 @@ fn node_addr(member: Option<Member>) -> Result<(NodeId, NodeAddr), Status> {
 
 #[tonic::async_trait]
 impl AdminService for AdminApi {
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<NodeStatus>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<NodeStatus>, Status> {
         require_operator(&request)?;
         let node = &self.node;
         let m = node.raft.metrics().borrow().clone();
@@ -156,7 +166,10 @@ impl AdminService for AdminApi {
         }))
     }
 
-    async fn initialize(&self, request: Request<InitializeRequest>) -> Result<Response<InitializeReply>, Status> {
+    async fn initialize(
+        &self,
+        request: Request<InitializeRequest>,
+    ) -> Result<Response<InitializeReply>, Status> {
         require_operator(&request)?;
         let mut nodes = BTreeMap::new();
         for member in request.into_inner().members {
@@ -171,14 +184,19 @@ impl AdminService for AdminApi {
         }
         match self.node.raft.initialize(nodes).await {
             Ok(()) => Ok(Response::new(InitializeReply {})),
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
-                Err(Status::already_exists("this cluster is already initialized"))
-            }
-            Err(e) => Err(Status::failed_precondition(format!("cannot initialize: {e}"))),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Err(
+                Status::already_exists("this cluster is already initialized"),
+            ),
+            Err(e) => Err(Status::failed_precondition(format!(
+                "cannot initialize: {e}"
+            ))),
         }
     }
 
-    async fn add_learner(&self, request: Request<AddLearnerRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn add_learner(
+        &self,
+        request: Request<AddLearnerRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         require_operator(&request)?;
         let (id, addr) = node_addr(request.into_inner().member)?;
         let node = &self.node;
@@ -192,7 +210,10 @@ impl AdminService for AdminApi {
         }
     }
 
-    async fn promote_voter(&self, request: Request<PromoteVoterRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn promote_voter(
+        &self,
+        request: Request<PromoteVoterRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         require_operator(&request)?;
         let id = request.into_inner().id;
         let node = &self.node;
@@ -203,7 +224,10 @@ impl AdminService for AdminApi {
         }
     }
 
-    async fn remove_node(&self, request: Request<RemoveNodeRequest>) -> Result<Response<MembershipReply>, Status> {
+    async fn remove_node(
+        &self,
+        request: Request<RemoveNodeRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
         require_operator(&request)?;
         let req = request.into_inner();
         let node = &self.node;
@@ -211,7 +235,10 @@ impl AdminService for AdminApi {
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         if membership.get_node(&req.id).is_none() {
-            return Err(Status::not_found(format!("node {} is not a member of the cluster", req.id)));
+            return Err(Status::not_found(format!(
+                "node {} is not a member of the cluster",
+                req.id
+            )));
         }
         let change = if voters.contains(&req.id) {
             let remaining = voters.len() - 1;
@@ -237,7 +264,10 @@ impl AdminService for AdminApi {
         }
     }
 
-    async fn state_digest(&self, request: Request<StateDigestRequest>) -> Result<Response<StateDigestReply>, Status> {
+    async fn state_digest(
+        &self,
+        request: Request<StateDigestRequest>,
+    ) -> Result<Response<StateDigestReply>, Status> {
         require_operator(&request)?;
         let (applied_index, digest) = self
             .node
@@ -245,7 +275,10 @@ impl AdminService for AdminApi {
             .digest()
             .await
             .map_err(|e| Status::internal(format!("digesting the state failed: {e}")))?;
-        Ok(Response::new(StateDigestReply { applied_index, digest }))
+        Ok(Response::new(StateDigestReply {
+            applied_index,
+            digest,
+        }))
     }
 
     async fn trigger_snapshot(
@@ -254,7 +287,12 @@ impl AdminService for AdminApi {
     ) -> Result<Response<TriggerSnapshotReply>, Status> {
         require_operator(&request)?;
         let node = &self.node;
-        let applied = node.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        let applied = node
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
         node.raft
             .trigger()
             .snapshot()
@@ -268,7 +306,9 @@ impl AdminService for AdminApi {
                 "snapshot built",
             )
             .await
-            .map_err(|e| Status::deadline_exceeded(format!("the snapshot was not built in time: {e}")))?;
+            .map_err(|e| {
+                Status::deadline_exceeded(format!("the snapshot was not built in time: {e}"))
+            })?;
         Ok(Response::new(TriggerSnapshotReply {
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
         }))

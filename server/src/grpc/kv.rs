@@ -41,7 +41,9 @@ impl KvService for KvApi {
                 index: applied.index,
                 revision,
             })),
-            other => Err(Status::internal(format!("unexpected outcome {other:?} for a put"))),
+            other => Err(Status::internal(format!(
+                "unexpected outcome {other:?} for a put"
+            ))),
         }
     }
 

@@ -29,7 +29,8 @@ impl RaftApi {
 }
 
 fn parse<T: DeserializeOwned>(payload: &RaftPayload) -> Result<T, Status> {
-    decode(&payload.data).map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+    decode(&payload.data)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
@@ -40,7 +41,10 @@ fn reply<T: Serialize>(value: &T) -> Result<Response<RaftPayload>, Status> {
 
 #[tonic::async_trait]
 impl RaftService for RaftApi {
-    async fn append_entries(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = parse(request.get_ref())?;
         reply(&self.node.raft.append_entries(rpc).await)
     }
@@ -50,7 +54,10 @@ impl RaftService for RaftApi {
         reply(&self.node.raft.vote(rpc).await)
     }
 
-    async fn install_snapshot(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         let rpc = parse(request.get_ref())?;
         reply(&self.node.raft.install_snapshot(rpc).await)
     }
@@ -65,11 +72,15 @@ impl RaftService for RaftApi {
             Ok(()) => self.node.write_local(proposal).await,
             Err(rejection) => Err(rejection.into()),
         };
-        let result = encode(&result).map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
+        let result = encode(&result)
+            .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
         Ok(Response::new(ForwardWriteReply { result }))
     }
 
-    async fn read_index(&self, _request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexReply>, Status> {
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
         match self.node.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(Response::new(ReadIndexReply {
                 read_index: read.map_or(0, |l| l.index),

@@ -68,7 +68,8 @@ where
             };
             metrics::histogram!("agora_rpc_duration_seconds", "method" => method.clone())
                 .record(started.elapsed().as_secs_f64());
-            metrics::counter!("agora_rpc_requests_total", "method" => method, "code" => code).increment(1);
+            metrics::counter!("agora_rpc_requests_total", "method" => method, "code" => code)
+                .increment(1);
             result
         })
     }

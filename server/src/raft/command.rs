@@ -1,8 +1,9 @@
 //! The one replicated command type.
 //!
 //! A client's [`Proposal`] (what to do, and the request id that makes a retry
-//! safe) is stamped with the leader's clock into a [`Command`] and appended to
-//! the Raft log. Every node applies the same commands in the same order and
+//! safe) is batched with the other proposals waiting on the leader, stamped
+//! with the leader's clock into one [`Command`] and appended to the Raft log
+//! as one entry: one fsync on each node carries the whole batch. Every node applies the same commands in the same order and
 //! gets the same [`Outcome`]: application never reads the clock or a random
 //! source, only what the command carries.
 //!
@@ -36,14 +37,14 @@ pub struct Proposal {
     pub op: Op,
 }
 
-/// A log entry's payload: a proposal stamped by the leader.
+/// A log entry's payload: a batch of proposals stamped by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// The leader's wall clock when it proposed this, in Unix milliseconds.
     /// The only notion of "now" application may use.
     pub time_ms: u64,
-    /// The client's proposal.
-    pub proposal: Proposal,
+    /// The proposals, applied in order.
+    pub proposals: Vec<Proposal>,
 }
 
 /// One replicated operation.
@@ -61,8 +62,6 @@ pub enum Op {
 /// What applying a command produced. Identical on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
-    /// Entries that carry no command (blank, membership).
-    None,
     /// A `Put` was applied: the key's revision after it.
     Put {
         /// Number of writes to the key so far.
@@ -125,8 +124,7 @@ impl Op {
 }
 
 impl Command {
-    /// Applies the command exactly once per request id: a request id seen
-    /// before returns the stored outcome (or a refusal, if the body differs).
+    /// Applies every proposal of the batch, in order; one outcome each.
     ///
     /// # Errors
     /// Only storage errors; every domain refusal is an [`Outcome::Rejected`].
@@ -134,15 +132,31 @@ impl Command {
         &self,
         conn: &mut SqliteConnection,
         index: u64,
-    ) -> Result<Outcome, sqlx::Error> {
+    ) -> Result<Vec<Outcome>, sqlx::Error> {
         let ctx = ApplyContext {
             index,
             time_ms: self.time_ms,
         };
-        let Some(request) = &self.proposal.request else {
-            return self.proposal.op.apply(conn, ctx).await;
+        let mut outcomes = Vec::with_capacity(self.proposals.len());
+        for proposal in &self.proposals {
+            outcomes.push(proposal.apply(conn, ctx).await?);
+        }
+        Ok(outcomes)
+    }
+}
+
+impl Proposal {
+    /// Applies the proposal exactly once per request id: a request id seen
+    /// before returns the stored outcome (or a refusal, if the body differs).
+    async fn apply(
+        &self,
+        conn: &mut SqliteConnection,
+        ctx: ApplyContext,
+    ) -> Result<Outcome, sqlx::Error> {
+        let Some(request) = &self.request else {
+            return self.op.apply(conn, ctx).await;
         };
-        let body_hash = body_hash(&self.proposal.op);
+        let body_hash = body_hash(&self.op);
         if let Some(seen) = store::requests::find(conn, request).await? {
             return Ok(if seen.body_hash == body_hash {
                 seen.outcome
@@ -150,7 +164,7 @@ impl Command {
                 Outcome::Rejected(Rejection::RequestIdReused(request.id.clone()))
             });
         }
-        let outcome = self.proposal.op.apply(conn, ctx).await?;
+        let outcome = self.op.apply(conn, ctx).await?;
         store::requests::insert(conn, request, &body_hash, &outcome, ctx).await?;
         Ok(outcome)
     }

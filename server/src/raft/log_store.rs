@@ -127,7 +127,9 @@ impl LogStore {
         for (key, value) in meta {
             match key.as_str() {
                 VOTE => mirror.vote = bincode::deserialize(&value).map_err(|e| read_err(&e))?,
-                COMMITTED => mirror.committed = bincode::deserialize(&value).map_err(|e| read_err(&e))?,
+                COMMITTED => {
+                    mirror.committed = bincode::deserialize(&value).map_err(|e| read_err(&e))?
+                }
                 LAST_PURGED => {
                     mirror.last_purged = bincode::deserialize(&value).map_err(|e| read_err(&e))?;
                 }
@@ -140,19 +142,24 @@ impl LogStore {
             "raft log loaded"
         );
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run_writer(conn, rx));
-        Ok(Self {
+        let store = Self {
             shared: Arc::new(Shared {
                 mirror: RwLock::new(mirror),
                 writer: tx,
             }),
-        })
+        };
+        tokio::spawn(run_writer(conn, rx, store.clone()));
+        Ok(store)
     }
 
     /// The highest log index this node knows to be committed.
     #[must_use]
     pub fn committed_index(&self) -> u64 {
         self.read_mirror(|m| m.committed.map_or(0, |c| c.index))
+    }
+
+    fn downgrade(&self) -> std::sync::Weak<Shared> {
+        Arc::downgrade(&self.shared)
     }
 
     fn read_mirror<T>(&self, f: impl FnOnce(&Mirror) -> T) -> T {
@@ -217,7 +224,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         Ok(self.read_mirror(|m| {
-            let last = m.entries.values().next_back().map(|e| e.log_id).or(m.last_purged);
+            let last = m
+                .entries
+                .values()
+                .next_back()
+                .map(|e| e.log_id)
+                .or(m.last_purged);
             LogState {
                 last_purged_log_id: m.last_purged,
                 last_log_id: last,
@@ -240,16 +252,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Only a hint for faster restarts: kept in memory and written with
+        // the next batch, so advancing the commit index costs no fsync.
         self.write_mirror(|m| m.committed = committed);
-        // Only a hint for faster restarts: no need to wait for the disk.
-        self.save_meta(COMMITTED, &committed, false).await
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.read_mirror(|m| m.committed))
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -287,7 +304,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
 /// Owns the connection; persists queued operations in batches, one
 /// transaction (one fsync) per batch.
-async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+async fn run_writer(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::UnboundedReceiver<WriteOp>,
+    store: LogStore,
+) {
+    // The writer holds a clone of the store only to read the commit index;
+    // it ends when openraft drops its handles (the channel closes).
+    let store = store.downgrade();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_OPS_PER_BATCH {
@@ -296,8 +320,15 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<
                 Err(_) => break,
             }
         }
+        let committed = store.upgrade().and_then(|s| {
+            s.mirror
+                .read()
+                .ok()
+                .and_then(|m| m.committed)
+                .and_then(|c| bincode::serialize(&Some(c)).ok())
+        });
         let started = Instant::now();
-        let result = write_batch(&mut conn, &batch).await;
+        let result = write_batch(&mut conn, &batch, committed.as_deref()).await;
         record_batch(&batch, started.elapsed());
         if let Err(e) = &result {
             tracing::error!(error = %e, "writing the raft log failed");
@@ -307,11 +338,13 @@ async fn run_writer(mut conn: SqliteConnection, mut rx: mpsc::UnboundedReceiver<
                 WriteOp::Append { callback, .. } => callback.log_io_completed(
                     result
                         .as_ref()
-                        .map(|()| ())
+                        .copied()
                         .map_err(|e| std::io::Error::other(e.to_string())),
                 ),
-                WriteOp::Meta { done: Some(done), .. } => {
-                    let _ = done.send(result.as_ref().map(|()| ()).map_err(ToString::to_string));
+                WriteOp::Meta {
+                    done: Some(done), ..
+                } => {
+                    let _ = done.send(result.as_ref().copied().map_err(ToString::to_string));
                 }
                 _ => {}
             }
@@ -333,19 +366,30 @@ fn record_batch(batch: &[WriteOp], took: Duration) {
     metrics::histogram!("agora_raft_log_write_seconds").record(took.as_secs_f64());
 }
 
-async fn write_batch(conn: &mut SqliteConnection, batch: &[WriteOp]) -> Result<(), sqlx::Error> {
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    batch: &[WriteOp],
+    committed: Option<&[u8]>,
+) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
+    if let Some(committed) = committed {
+        upsert_meta(&mut tx, COMMITTED, committed).await?;
+    }
     for op in batch {
         match op {
             WriteOp::Append { rows, .. } => {
                 for chunk in rows.chunks(ROWS_PER_INSERT) {
-                    let mut sql = String::from("INSERT OR REPLACE INTO log (idx, term, entry) VALUES ");
+                    let mut sql =
+                        String::from("INSERT OR REPLACE INTO log (idx, term, entry) VALUES ");
                     for i in 0..chunk.len() {
                         sql.push_str(if i == 0 { "(?,?,?)" } else { ",(?,?,?)" });
                     }
                     let mut query = sqlx::query(&sql);
                     for (idx, term, bytes) in chunk {
-                        query = query.bind(to_i64(*idx)).bind(to_i64(*term)).bind(bytes.as_slice());
+                        query = query
+                            .bind(to_i64(*idx))
+                            .bind(to_i64(*term))
+                            .bind(bytes.as_slice());
                     }
                     query.execute(&mut *tx).await?;
                 }
@@ -370,11 +414,17 @@ async fn write_batch(conn: &mut SqliteConnection, batch: &[WriteOp]) -> Result<(
     tx.commit().await
 }
 
-async fn upsert_meta(conn: &mut SqliteConnection, key: &str, value: &[u8]) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")
-        .bind(key)
-        .bind(value)
-        .execute(conn)
-        .await?;
+async fn upsert_meta(
+    conn: &mut SqliteConnection,
+    key: &str,
+    value: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )
+    .bind(key)
+    .bind(value)
+    .execute(conn)
+    .await?;
     Ok(())
 }

@@ -26,7 +26,7 @@ openraft::declare_raft_types!(
     /// Agora's Raft type configuration.
     pub TypeConfig:
         D = Command,
-        R = Outcome,
+        R = Vec<Outcome>,
         NodeId = u64,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

@@ -71,7 +71,10 @@ impl PeerChannels {
     ///
     /// # Errors
     /// When the address is not a valid `host:port`.
-    pub fn client(&self, raft_addr: &str) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
+    pub fn client(
+        &self,
+        raft_addr: &str,
+    ) -> Result<RaftServiceClient<Channel>, tonic::transport::Error> {
         Ok(RaftServiceClient::new(self.channel(raft_addr)?)
             .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES))
@@ -121,7 +124,11 @@ impl PeerConnection {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RpcError::Unreachable(Unreachable::new(&std::io::Error::other(e.clone())))),
+            Err(e) => {
+                return Err(RpcError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(e.clone()),
+                )))
+            }
         };
         let data = encode(req).map_err(|e| RpcError::Network(NetworkError::new(&e)))?;
         let payload = RaftPayload { data };

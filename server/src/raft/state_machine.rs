@@ -179,13 +179,13 @@ async fn apply_entry(
     conn: &mut SqliteConnection,
     entry: &Entry,
     membership: &mut Option<StoredMembership>,
-) -> Result<Outcome, sqlx::Error> {
+) -> Result<Vec<Outcome>, sqlx::Error> {
     match &entry.payload {
-        EntryPayload::Blank => Ok(Outcome::None),
+        EntryPayload::Blank => Ok(Vec::new()),
         EntryPayload::Normal(command) => command.apply(conn, entry.log_id.index).await,
         EntryPayload::Membership(m) => {
             *membership = Some(StoredMembership::new(Some(entry.log_id), m.clone()));
-            Ok(Outcome::None)
+            Ok(Vec::new())
         }
     }
 }
@@ -205,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -215,7 +215,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(Vec::new());
         };
         let mut conn = self.shared.writer.lock().await;
-        let mut tx = conn.begin().await.map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         let mut outcomes = Vec::with_capacity(entries.len());
         let mut membership = None;
         for entry in &entries {
@@ -232,7 +235,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .await
                 .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         }
-        tx.commit().await.map_err(|e| sm_err(ErrorVerb::Write, &e))?;
+        tx.commit()
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         drop(conn);
         self.shared.applied.send_replace(last.index);
         #[allow(clippy::cast_precision_loss)]
@@ -310,14 +315,18 @@ async fn replace_from(conn: &mut SqliteConnection, path: &Path) -> Result<(), sq
             sqlx::query(&format!("DELETE FROM main.\"{table}\""))
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(&format!("INSERT INTO main.\"{table}\" SELECT * FROM snap.\"{table}\""))
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(&format!(
+                "INSERT INTO main.\"{table}\" SELECT * FROM snap.\"{table}\""
+            ))
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await
     }
     .await;
-    sqlx::query("DETACH DATABASE snap").execute(&mut *conn).await?;
+    sqlx::query("DETACH DATABASE snap")
+        .execute(&mut *conn)
+        .await?;
     result
 }
 
@@ -351,7 +360,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| snap_err(ErrorVerb::Read, &e))?;
-        file.sync_all().await.map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
 
         let mut copy = store::open_read_only(&path)
             .await

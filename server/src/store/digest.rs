@@ -16,10 +16,11 @@ use super::replicated_tables;
 pub async fn state_digest(conn: &mut SqliteConnection) -> Result<String, sqlx::Error> {
     let mut hasher = blake3::Hasher::new();
     for table in replicated_tables(conn, "main").await? {
-        let columns: Vec<(String,)> =
-            sqlx::query_as(&format!("SELECT name FROM pragma_table_info('{table}') ORDER BY cid"))
-                .fetch_all(&mut *conn)
-                .await?;
+        let columns: Vec<(String,)> = sqlx::query_as(&format!(
+            "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
         if columns.is_empty() {
             continue;
         }

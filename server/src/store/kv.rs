@@ -41,10 +41,11 @@ pub struct Stored {
 /// # Errors
 /// Storage errors.
 pub async fn get(conn: impl SqliteExecutor<'_>, key: &str) -> Result<Option<Stored>, sqlx::Error> {
-    let row: Option<(Vec<u8>, i64)> = sqlx::query_as("SELECT value, revision FROM kv WHERE key = ?1")
-        .bind(key)
-        .fetch_optional(conn)
-        .await?;
+    let row: Option<(Vec<u8>, i64)> =
+        sqlx::query_as("SELECT value, revision FROM kv WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(conn)
+            .await?;
     Ok(row.map(|(value, revision)| Stored {
         value,
         revision: to_u64(revision),

@@ -36,10 +36,12 @@ pub async fn set<T: Serialize>(
     value: &T,
 ) -> Result<(), sqlx::Error> {
     let bytes = bincode::serialize(value).map_err(|e| sqlx::Error::Encode(e))?;
-    sqlx::query("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2")
-        .bind(key)
-        .bind(bytes)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )
+    .bind(key)
+    .bind(bytes)
+    .execute(conn)
+    .await?;
     Ok(())
 }

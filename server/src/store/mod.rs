@@ -8,7 +8,6 @@ pub mod meta;
 pub mod requests;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -59,7 +58,7 @@ pub async fn open_state(path: &Path) -> Result<(SqliteConnection, SqlitePool), s
 /// # Errors
 /// When the file cannot be opened.
 pub async fn open_read_only(path: &Path) -> Result<SqliteConnection, sqlx::Error> {
-    SqliteConnectOptions::from_str("sqlite::memory:")?
+    SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .connect()
@@ -84,8 +83,11 @@ pub async fn replicated_tables(
     let virtual_tables: Vec<&str> = rows
         .iter()
         .filter(|(_, sql)| {
-            sql.as_deref()
-                .is_some_and(|s| s.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL"))
+            sql.as_deref().is_some_and(|s| {
+                s.trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("CREATE VIRTUAL")
+            })
         })
         .map(|(name, _)| name.as_str())
         .collect();

@@ -1,0 +1,66 @@
+//! One module per command, each a clap `Args` struct with
+//! `async fn run(self, &Console)`; [`Command`] dispatches to them.
+
+mod add_learner;
+mod digest;
+mod promote;
+mod remove;
+mod snapshot;
+mod status;
+
+use std::time::Duration;
+
+use agora_peer::{ClusterClient, RetryPolicy};
+use clap::Subcommand;
+
+use crate::console::Console;
+
+/// Every console command.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show every node's role, term, log indexes, uptime and version.
+    Status(status::Status),
+    /// Add a running node to the cluster as a non-voting learner.
+    AddLearner(add_learner::AddLearner),
+    /// Make a learner a voter.
+    Promote(promote::Promote),
+    /// Remove a node (voter or learner) from the cluster.
+    Remove(remove::Remove),
+    /// Compare every node's state digest (equal at equal applied indexes).
+    Digest(digest::Digest),
+    /// Build a snapshot on the leader now and purge the log behind it.
+    Snapshot(snapshot::Snapshot),
+}
+
+impl Command {
+    /// Runs the command.
+    pub async fn run(self, console: &Console) -> anyhow::Result<()> {
+        match self {
+            Self::Status(command) => command.run(console).await,
+            Self::AddLearner(command) => command.run(console).await,
+            Self::Promote(command) => command.run(console).await,
+            Self::Remove(command) => command.run(console).await,
+            Self::Digest(command) => command.run(console).await,
+            Self::Snapshot(command) => command.run(console).await,
+        }
+    }
+}
+
+/// A client for membership changes: they wait for the log to be replicated
+/// (a learner may first have to catch up), so one attempt may take far
+/// longer than a write.
+async fn membership_client(console: &Console) -> ClusterClient {
+    /// Longest one membership call may take.
+    const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Longest the console keeps retrying a membership call.
+    const BUDGET: Duration = Duration::from_secs(120);
+
+    let client = console.client.clone().with_retry_policy(RetryPolicy {
+        attempt_timeout: ATTEMPT_TIMEOUT,
+        budget: BUDGET,
+        ..RetryPolicy::default()
+    });
+    // Start at the leader rather than finding it through redirects.
+    crate::fleet::find_leader(&client).await;
+    client
+}

@@ -1,0 +1,39 @@
+//! `agora-admin promote`: the second half of a hot join, making a learner
+//! that has caught up a voter.
+
+use agora_proto::admin::admin_service_client::AdminServiceClient;
+use agora_proto::admin::PromoteVoterRequest;
+use anyhow::Context as _;
+
+use crate::console::Console;
+use crate::views::print_membership;
+
+/// Make a learner a voter.
+#[derive(Debug, clap::Args)]
+pub struct Promote {
+    /// Node id of an existing learner.
+    id: u64,
+}
+
+impl Promote {
+    /// Sends the change to the leader.
+    pub async fn run(self, console: &Console) -> anyhow::Result<()> {
+        let request = PromoteVoterRequest { id: self.id };
+        let client = super::membership_client(console).await;
+        let reply = client
+            .call_leader(|channel| async move {
+                AdminServiceClient::new(channel)
+                    .promote_voter(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+            .await
+            .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
+            .with_context(|| format!("could not promote node {}", self.id))?;
+        print_membership(
+            console.json,
+            &format!("node {} is now a voter", self.id),
+            &reply,
+        )
+    }
+}
