@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use agora_peer::ClusterClient;
-use agora_proto::cluster_file::ClusterFile;
 use anyhow::Context as _;
 
 /// The loaded cluster and how to print.
@@ -19,14 +18,7 @@ impl Console {
     /// Loads the cluster file and checks it carries the client certificate
     /// that admin calls need.
     pub fn load(path: &Path, json: bool) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| {
-            format!(
-                "could not read the cluster file {}; pass --cluster or start a dev cluster with `agora-server dev`",
-                path.display()
-            )
-        })?;
-        let file = ClusterFile::parse(&text)
-            .with_context(|| format!("the cluster file {} is not usable", path.display()))?;
+        let file = agora_peer::read_cluster_file(path)?;
         if file.client_cert.is_none() || file.client_key.is_none() {
             anyhow::bail!(
                 "the cluster file {} names no client certificate; admin calls need client_cert and client_key (made by `agora-server certs`)",

@@ -64,15 +64,7 @@ impl ClusterClient {
     /// When the file or a certificate it names cannot be read, or the file
     /// is not a valid cluster file.
     pub fn load(path: &Path) -> Result<Self, ClientError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ClientError::ClusterFileUnreadable {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        let file = ClusterFile::parse(&text).map_err(|source| ClientError::ClusterFileInvalid {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = read_cluster_file(path)?;
         let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
         Self::from_cluster_file(&file, base_dir)
     }
@@ -100,6 +92,10 @@ impl ClusterClient {
         tls: &ClientTls,
         nodes: impl IntoIterator<Item = (u64, String)>,
     ) -> Result<Self, ClientError> {
+        // tonic builds its rustls config with the process-wide crypto
+        // provider, which rustls cannot choose by itself once more than one
+        // is compiled in. Installing fails only when one is already set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let tls = tls.to_tonic();
         let mut map = BTreeMap::new();
         for (id, addr) in nodes {
@@ -301,6 +297,9 @@ impl ClusterClient {
         // A redirect to another node is followed at once, but only once in
         // a row: two nodes naming each other must not spin without pause.
         let mut just_redirected = false;
+        // What a node itself said last (not a failed connection): the most
+        // useful thing to report if every attempt fails.
+        let mut last_answer: Option<(u64, Status)> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -333,7 +332,13 @@ impl ClusterClient {
                 backoff(attempt)
             };
             if attempt >= policy.max_attempts || started.elapsed() + pause > policy.budget {
-                return Err(gave_up(&status, attempt, started.elapsed()));
+                let (node, status) = match last_answer {
+                    Some((node, answer)) if std::error::Error::source(&status).is_some() => {
+                        (node, answer)
+                    }
+                    _ => (target, status),
+                };
+                return Err(gave_up(node, &status, attempt, started.elapsed()));
             }
             tracing::debug!(
                 node = target,
@@ -359,6 +364,9 @@ impl ClusterClient {
                 tokio::time::sleep(pause).await;
             }
             just_redirected = follow_now;
+            if std::error::Error::source(&status).is_none() {
+                last_answer = Some((target, status));
+            }
             target = next;
         }
     }
@@ -414,6 +422,22 @@ impl ClusterClient {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Reads and parses a cluster file (without reading the files it names).
+///
+/// # Errors
+/// When the file cannot be read or is not a valid cluster file.
+pub fn read_cluster_file(path: &Path) -> Result<ClusterFile, ClientError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|reason| ClientError::ClusterFileUnreadable {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+    ClusterFile::parse(&text).map_err(|source| ClientError::ClusterFileInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// One lazily connected TLS channel to `addr`.

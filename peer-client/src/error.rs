@@ -13,15 +13,15 @@ use agora_proto::cluster_file::ClusterFileError;
 pub enum ClientError {
     /// The cluster file could not be read from disk.
     #[error(
-        "could not read the cluster file {}; pass --cluster or start a dev cluster with `agora-server dev`",
+        "could not read the cluster file {}: {reason}; pass --cluster or start a dev cluster with `agora-server dev`",
         path.display()
     )]
     ClusterFileUnreadable {
         /// The file that was asked for.
         path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
+        /// What the operating system said. Part of the message rather than
+        /// a `source`, so that the advice comes last.
+        reason: std::io::Error,
     },
     /// The cluster file was read but is not a valid cluster file.
     #[error("the cluster file {} is not usable", path.display())]

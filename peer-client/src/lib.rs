@@ -12,7 +12,7 @@ mod request_id;
 mod retry;
 mod tls;
 
-pub use cluster::ClusterClient;
+pub use cluster::{read_cluster_file, ClusterClient};
 pub use error::ClientError;
 pub use request_id::{new_request_id, request_id};
 pub use retry::{describe_status, is_retryable, leader_hint_of, RetryPolicy};

@@ -129,12 +129,13 @@ pub fn describe_status(status: &Status) -> String {
     }
 }
 
-/// `status` with a note on how many attempts were made, keeping its code.
-pub(crate) fn gave_up(status: &Status, attempts: u32, elapsed: Duration) -> Status {
+/// `status` (from `node`) with a note on how many attempts were made,
+/// keeping its code.
+pub(crate) fn gave_up(node: u64, status: &Status, attempts: u32, elapsed: Duration) -> Status {
     Status::new(
         status.code(),
         format!(
-            "{} (gave up after {attempts} attempts in {:.1}s)",
+            "{} (node {node}; gave up after {attempts} attempts in {:.1}s)",
             status.message(),
             elapsed.as_secs_f64()
         ),

@@ -304,3 +304,33 @@ async fn rejects_bad_cluster_descriptions() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn reports_what_a_node_said_rather_than_a_dead_node() -> anyhow::Result<()> {
+    let pki = pki()?;
+    // Nobody leads: node 1 answers "not the leader" naming no one.
+    let world = Arc::new(World::default());
+    let one = spawn_node(1, world.clone(), &pki).await?;
+    let client = ClusterClient::from_parts(
+        &tls(&pki),
+        [(1, one.to_string()), (2, dead_addr().await?.to_string())],
+    )?
+    .with_retry_policy(RetryPolicy {
+        max_attempts: 4,
+        budget: Duration::from_secs(5),
+        ..RetryPolicy::default()
+    });
+    let err = client
+        .put("k", b"v".to_vec(), request_id("frank"))
+        .await
+        .err()
+        .context("nobody leads")?;
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(
+        err.message()
+            .starts_with("not the leader (node 1; gave up after 4 attempts"),
+        "{}",
+        err.message()
+    );
+    Ok(())
+}

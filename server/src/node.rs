@@ -41,7 +41,7 @@ const READ_INDEX_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BATCH_PROPOSALS: usize = 2048;
 /// Batches proposed and not yet applied, at most. While they are in flight
 /// new proposals queue up and form the next batch.
-const MAX_BATCHES_IN_FLIGHT: usize = 4;
+const MAX_BATCHES_IN_FLIGHT: usize = 2;
 /// Proposals waiting for the batcher, at most (back-pressure beyond).
 const PROPOSAL_QUEUE: usize = 65_536;
 

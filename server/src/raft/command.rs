@@ -126,6 +126,12 @@ impl Op {
 impl Command {
     /// Applies every proposal of the batch, in order; one outcome each.
     ///
+    /// A proposal whose request id was seen before (in an earlier entry or
+    /// earlier in this batch) gets the stored outcome instead of a second
+    /// application, or a refusal if its body differs. The batch's request
+    /// ids are looked up in one query and recorded in one more, so exactly-
+    /// once costs two queries per batch, not two per write.
+    ///
     /// # Errors
     /// Only storage errors; every domain refusal is an [`Outcome::Rejected`].
     pub async fn apply(
@@ -137,36 +143,40 @@ impl Command {
             index,
             time_ms: self.time_ms,
         };
+        let keys: Vec<&RequestKey> = self
+            .proposals
+            .iter()
+            .filter_map(|p| p.request.as_ref())
+            .collect();
+        let mut seen = store::requests::find_many(conn, &keys).await?;
+        let mut fresh: Vec<(&RequestKey, [u8; 32], Outcome)> = Vec::new();
         let mut outcomes = Vec::with_capacity(self.proposals.len());
         for proposal in &self.proposals {
-            outcomes.push(proposal.apply(conn, ctx).await?);
+            let Some(request) = &proposal.request else {
+                outcomes.push(proposal.op.apply(conn, ctx).await?);
+                continue;
+            };
+            let hash = body_hash(&proposal.op);
+            let outcome = match seen.get(request) {
+                Some(earlier) if earlier.body_hash[..] == hash[..] => earlier.outcome.clone(),
+                Some(_) => Outcome::Rejected(Rejection::RequestIdReused(request.id.clone())),
+                None => {
+                    let outcome = proposal.op.apply(conn, ctx).await?;
+                    seen.insert(
+                        request.clone(),
+                        store::requests::SeenRequest {
+                            body_hash: hash.to_vec(),
+                            outcome: outcome.clone(),
+                        },
+                    );
+                    fresh.push((request, hash, outcome.clone()));
+                    outcome
+                }
+            };
+            outcomes.push(outcome);
         }
+        store::requests::insert_many(conn, &fresh, ctx).await?;
         Ok(outcomes)
-    }
-}
-
-impl Proposal {
-    /// Applies the proposal exactly once per request id: a request id seen
-    /// before returns the stored outcome (or a refusal, if the body differs).
-    async fn apply(
-        &self,
-        conn: &mut SqliteConnection,
-        ctx: ApplyContext,
-    ) -> Result<Outcome, sqlx::Error> {
-        let Some(request) = &self.request else {
-            return self.op.apply(conn, ctx).await;
-        };
-        let body_hash = body_hash(&self.op);
-        if let Some(seen) = store::requests::find(conn, request).await? {
-            return Ok(if seen.body_hash == body_hash {
-                seen.outcome
-            } else {
-                Outcome::Rejected(Rejection::RequestIdReused(request.id.clone()))
-            });
-        }
-        let outcome = self.op.apply(conn, ctx).await?;
-        store::requests::insert(conn, request, &body_hash, &outcome, ctx).await?;
-        Ok(outcome)
     }
 }
 

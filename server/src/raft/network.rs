@@ -140,7 +140,11 @@ impl PeerConnection {
                 _ => client.install_snapshot(payload).await,
             }
         };
-        let reply = match tokio::time::timeout(ttl, call).await {
+        let started = std::time::Instant::now();
+        let reply = tokio::time::timeout(ttl, call).await;
+        metrics::histogram!("agora_raft_rpc_seconds", "rpc" => rpc)
+            .record(started.elapsed().as_secs_f64());
+        let reply = match reply {
             Err(_) => {
                 return Err(RpcError::Network(NetworkError::new(&std::io::Error::new(
                     std::io::ErrorKind::TimedOut,

@@ -214,6 +214,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(last) = entries.last().map(|e| e.log_id) else {
             return Ok(Vec::new());
         };
+        let started = std::time::Instant::now();
         let mut conn = self.shared.writer.lock().await;
         let mut tx = conn
             .begin()
@@ -227,7 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
             outcomes.push(outcome);
         }
-        meta::set(&mut tx, meta::LAST_APPLIED, &Some(last))
+        meta::set(&mut tx, meta::LAST_APPLIED, &last)
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         if let Some(m) = &membership {
@@ -242,6 +243,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared.applied.send_replace(last.index);
         #[allow(clippy::cast_precision_loss)]
         metrics::histogram!("agora_raft_apply_batch_entries").record(entries.len() as f64);
+        metrics::histogram!("agora_raft_apply_seconds").record(started.elapsed().as_secs_f64());
         Ok(outcomes)
     }
 

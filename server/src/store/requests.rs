@@ -1,5 +1,7 @@
 //! The exactly-once table: the first outcome of every client request.
 
+use std::collections::HashMap;
+
 use sqlx::SqliteConnection;
 
 use super::to_i64;
@@ -13,51 +15,73 @@ pub struct SeenRequest {
     pub outcome: Outcome,
 }
 
-/// Looks up a request id.
+/// Rows per statement, well under SQLite's bound-variable limit.
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// Looks up many request ids at once.
 ///
 /// # Errors
 /// Storage errors (a stored outcome that does not decode is one).
-pub async fn find(
+pub async fn find_many(
     conn: &mut SqliteConnection,
-    key: &RequestKey,
-) -> Result<Option<SeenRequest>, sqlx::Error> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
-        "SELECT body_hash, outcome FROM requests WHERE client = ?1 AND request_id = ?2",
-    )
-    .bind(&key.client)
-    .bind(&key.id)
-    .fetch_optional(conn)
-    .await?;
-    row.map(|(body_hash, outcome)| {
-        let outcome = bincode::deserialize(&outcome).map_err(|e| sqlx::Error::Decode(e))?;
-        Ok(SeenRequest { body_hash, outcome })
-    })
-    .transpose()
+    keys: &[&RequestKey],
+) -> Result<HashMap<RequestKey, SeenRequest>, sqlx::Error> {
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "SELECT client, request_id, body_hash, outcome FROM requests WHERE (client, request_id) IN (VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(?,?)" } else { ",(?,?)" });
+        }
+        sql.push(')');
+        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>, Vec<u8>)>(&sql);
+        for key in chunk {
+            query = query.bind(&key.client).bind(&key.id);
+        }
+        for (client, id, body_hash, outcome) in query.fetch_all(&mut *conn).await? {
+            let outcome = bincode::deserialize(&outcome).map_err(|e| sqlx::Error::Decode(e))?;
+            found.insert(
+                RequestKey { client, id },
+                SeenRequest { body_hash, outcome },
+            );
+        }
+    }
+    Ok(found)
 }
 
-/// Remembers a request's outcome.
+/// Remembers the outcomes of newly applied requests.
 ///
 /// # Errors
 /// Storage errors.
-pub async fn insert(
+pub async fn insert_many(
     conn: &mut SqliteConnection,
-    key: &RequestKey,
-    body_hash: &[u8],
-    outcome: &Outcome,
+    rows: &[(&RequestKey, [u8; 32], Outcome)],
     ctx: ApplyContext,
 ) -> Result<(), sqlx::Error> {
-    let outcome = bincode::serialize(outcome).map_err(|e| sqlx::Error::Encode(e))?;
-    sqlx::query(
-        "INSERT INTO requests (client, request_id, body_hash, outcome, log_index, time_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )
-    .bind(&key.client)
-    .bind(&key.id)
-    .bind(body_hash)
-    .bind(outcome)
-    .bind(to_i64(ctx.index))
-    .bind(to_i64(ctx.time_ms))
-    .execute(conn)
-    .await?;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO requests (client, request_id, body_hash, outcome, log_index, time_ms) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?)"
+            });
+        }
+        let mut query = sqlx::query(&sql);
+        for (key, hash, outcome) in chunk {
+            let outcome = bincode::serialize(outcome).map_err(|e| sqlx::Error::Encode(e))?;
+            query = query
+                .bind(&key.client)
+                .bind(&key.id)
+                .bind(hash.to_vec())
+                .bind(outcome)
+                .bind(to_i64(ctx.index))
+                .bind(to_i64(ctx.time_ms));
+        }
+        query.execute(&mut *conn).await?;
+    }
     Ok(())
 }
