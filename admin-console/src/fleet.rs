@@ -6,20 +6,19 @@
 use std::future::Future;
 use std::time::Duration;
 
-use agora_peer::ClusterClient;
-use agora_proto::admin::admin_service_client::AdminServiceClient;
+use agora_peer::{AdminClient, ClusterClient};
 use agora_proto::admin::{NodeStatus, StatusRequest};
-use tonic::transport::Channel;
 use tonic::Status;
 
 /// How long one node may take to answer a query.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs `call` against every node concurrently, each bounded by
-/// [`NODE_TIMEOUT`]; answers come back in node id order.
+/// [`NODE_TIMEOUT`]; answers come back in node id order. Each call carries
+/// the console's admin session, if it has one.
 pub async fn ask_all<T, F, Fut>(client: &ClusterClient, call: F) -> Vec<(u64, Result<T, Status>)>
 where
-    F: Fn(AdminServiceClient<Channel>) -> Fut,
+    F: Fn(AdminClient) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, Status>>,
 {
     let calls = client.node_ids().into_iter().map(|id| {

@@ -1,5 +1,6 @@
-//! [`ClusterClient`]: one TLS channel per node, leader tracking, and
-//! bounded retries with the same request id.
+//! [`ClusterClient`]: one TLS channel per node, leader tracking, bounded
+//! retries with the same request id, and the session token (if any) that
+//! goes with every account and admin call.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -10,13 +11,24 @@ use std::time::{Duration, Instant};
 
 use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::cluster_file::ClusterFile;
+use agora_proto::market::account_service_client::AccountServiceClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::{GetReply, GetRequest, PutReply, PutRequest, ReadConsistency, RequestId};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use tonic::{Response, Status};
+use tonic::{Request, Response, Status};
 
+use crate::bearer::{BearerToken, SessionAuth};
 use crate::retry::{backoff, gave_up, is_retryable, leader_hint_of};
 use crate::{ClientError, ClientTls, RetryPolicy};
+
+/// An admin client whose calls carry the [`ClusterClient`]'s session token,
+/// if it has one.
+pub type AdminClient = AdminServiceClient<InterceptedService<Channel, SessionAuth>>;
+
+/// An account client whose calls carry the [`ClusterClient`]'s session
+/// token, if it has one (a token put on a request explicitly wins).
+pub type AccountClient = AccountServiceClient<InterceptedService<Channel, SessionAuth>>;
 
 /// How long opening a TCP + TLS connection to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -30,9 +42,16 @@ const NO_LEADER: u64 = 0;
 /// leader. Channels are created once, lazily connected, and reconnect by
 /// themselves after a node restarts; building a client must happen inside a
 /// Tokio runtime, because each channel runs a background task.
+///
+/// A client may carry a session token ([`with_token`](Self::with_token));
+/// admin and account calls made through it then present that session. The
+/// token belongs to the clone it was set on, so one set of channels can
+/// serve several accounts (a load test's users, say).
 #[derive(Debug, Clone)]
 pub struct ClusterClient {
     shared: Arc<Shared>,
+    /// The session presented on admin and account calls, if any.
+    auth: SessionAuth,
 }
 
 #[derive(Debug)]
@@ -114,7 +133,44 @@ impl ClusterClient {
                 leader_hint: AtomicU64::new(NO_LEADER),
                 policy: RetryPolicy::default(),
             }),
+            auth: SessionAuth::default(),
         })
+    }
+
+    /// This client (sharing its channels) presenting session `token` on
+    /// every admin and account call.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidToken`] when the token cannot be sent as gRPC
+    /// metadata.
+    pub fn with_token(self, token: &str) -> Result<Self, ClientError> {
+        Ok(self.with_bearer(Some(BearerToken::new(token)?)))
+    }
+
+    /// This client (sharing its channels) presenting `token` on every admin
+    /// and account call, or no session at all for `None`.
+    #[must_use]
+    pub fn with_bearer(self, token: Option<BearerToken>) -> Self {
+        Self {
+            shared: self.shared,
+            auth: SessionAuth::new(token),
+        }
+    }
+
+    /// The session token this client presents, if any.
+    #[must_use]
+    pub fn bearer(&self) -> Option<&BearerToken> {
+        self.auth.token()
+    }
+
+    /// `message` as a request carrying this client's session token (if it
+    /// has one), for calls made over a raw [`Channel`].
+    #[must_use]
+    pub fn authorize<T>(&self, message: T) -> Request<T> {
+        match self.auth.token() {
+            Some(token) => token.request(message),
+            None => Request::new(message),
+        }
     }
 
     /// This client with another retry policy (e.g. a shorter budget for a
@@ -129,6 +185,7 @@ impl ClusterClient {
                 leader_hint: AtomicU64::new(shared.leader_hint.load(Ordering::Relaxed)),
                 policy,
             }),
+            auth: self.auth.clone(),
         }
     }
 
@@ -187,12 +244,36 @@ impl ClusterClient {
     }
 
     /// An admin client for node `id`, over the cached channel. Admin calls
-    /// succeed only if the client presents the cluster's client certificate.
+    /// succeed only if the client presents the cluster's client certificate
+    /// or carries an admin session ([`with_token`](Self::with_token)).
     ///
     /// # Errors
     /// [`ClientError::UnknownNode`] when the client does not know `id`.
-    pub fn admin(&self, id: u64) -> Result<AdminServiceClient<Channel>, ClientError> {
-        self.channel(id).map(AdminServiceClient::new)
+    pub fn admin(&self, id: u64) -> Result<AdminClient, ClientError> {
+        self.channel(id).map(|channel| self.admin_on(channel))
+    }
+
+    /// An admin client over `channel` (as [`call_leader`](Self::call_leader)
+    /// hands out), carrying this client's session token.
+    #[must_use]
+    pub fn admin_on(&self, channel: Channel) -> AdminClient {
+        AdminServiceClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    /// An account client for node `id`, over the cached channel, carrying
+    /// this client's session token.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownNode`] when the client does not know `id`.
+    pub fn account(&self, id: u64) -> Result<AccountClient, ClientError> {
+        self.channel(id).map(|channel| self.account_on(channel))
+    }
+
+    /// An account client over `channel`, carrying this client's session
+    /// token.
+    #[must_use]
+    pub fn account_on(&self, channel: Channel) -> AccountClient {
+        AccountServiceClient::with_interceptor(channel, self.auth.clone())
     }
 
     /// Writes `value` under `key` on the leader, retrying (bounded) through
@@ -251,14 +332,48 @@ impl ClusterClient {
             }
             None => self.preferred_order(),
         };
-        let mut last = Status::unavailable("no node to read from");
+        self.call_nodes(order, |channel| {
+            let request = request.clone();
+            async move {
+                KvServiceClient::new(channel)
+                    .get(request)
+                    .await
+                    .map(Response::into_inner)
+            }
+        })
+        .await
+    }
+
+    /// Runs a read `op` on any node: the believed leader first, then each
+    /// other node while they are unavailable, each attempt bounded by the
+    /// policy's read timeout. `op` gets the node's channel.
+    ///
+    /// # Errors
+    /// The first error that is not worth retrying, or the last error when
+    /// no node answered.
+    pub async fn call_any<T, F, Fut>(&self, op: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_nodes(self.preferred_order(), op).await
+    }
+
+    /// Runs `op` on each node of `order` in turn until one answers or fails
+    /// for a reason another node would not change.
+    async fn call_nodes<T, F, Fut>(&self, order: Vec<u64>, mut op: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let read_timeout = self.shared.policy.read_timeout;
+        let mut last = Status::unavailable("no node to ask");
         for id in order {
-            let mut kv = self
-                .kv(id)
+            let channel = self
+                .channel(id)
                 .map_err(|err| Status::not_found(err.to_string()))?;
-            let read_timeout = self.shared.policy.read_timeout;
-            let status = match tokio::time::timeout(read_timeout, kv.get(request.clone())).await {
-                Ok(Ok(reply)) => return Ok(reply.into_inner()),
+            let status = match tokio::time::timeout(read_timeout, op(channel)).await {
+                Ok(Ok(value)) => return Ok(value),
                 Ok(Err(status)) => status,
                 Err(_) => Status::deadline_exceeded(format!(
                     "node {id} did not answer within {:.1}s",
@@ -373,7 +488,7 @@ impl ClusterClient {
 
     /// The node a redirect names, as a usable id: known already, or learned
     /// from the address the redirect carries.
-    fn learn(&self, id: u64, addr: Option<String>) -> Option<u64> {
+    pub(crate) fn learn(&self, id: u64, addr: Option<String>) -> Option<u64> {
         if self.read_nodes().contains_key(&id) {
             return Some(id);
         }
@@ -395,7 +510,7 @@ impl ClusterClient {
     }
 
     /// The node after `id` in id order, wrapping around.
-    fn next_after(&self, id: u64) -> u64 {
+    pub(crate) fn next_after(&self, id: u64) -> u64 {
         let nodes = self.read_nodes();
         nodes
             .range(id.saturating_add(1)..)

@@ -1,14 +1,21 @@
-//! Why a [`ClusterClient`](crate::ClusterClient) could not be built.
+//! Why a [`ClusterClient`](crate::ClusterClient) could not be built, or an
+//! account operation failed.
 //!
-//! RPC failures stay [`tonic::Status`]: callers need their codes. These are
-//! the local problems (files, certificates, addresses), each worded as a
-//! sentence a user can act on.
+//! Plain RPCs return [`tonic::Status`]: callers need their codes. These are
+//! the local problems (files, certificates, addresses, a password that does
+//! not open the login), plus [`ClientError::Rpc`] for the multi-step account
+//! operations, each worded as a sentence a user can act on.
 
 use std::path::PathBuf;
 
+use agora_proto::auth::AuthError;
 use agora_proto::cluster_file::ClusterFileError;
+use tonic::{Code, Status};
 
-/// A local problem that keeps the client from talking to the cluster.
+use crate::describe_status;
+
+/// A problem that keeps the client from talking to the cluster, or from
+/// completing an account operation.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The cluster file could not be read from disk.
@@ -79,4 +86,74 @@ pub enum ClientError {
     /// A node id that the client does not know.
     #[error("node {0} is not part of this cluster; check the node id")]
     UnknownNode(u64),
+    /// A session token that cannot be sent as gRPC metadata.
+    #[error("the stored session token is damaged; log in again")]
+    InvalidToken,
+    /// The cluster refused a call or could not be reached; the status keeps
+    /// its code for callers that branch on it.
+    #[error("{}", describe_status(.0))]
+    Rpc(Status),
+    /// The password did not open the cluster's login answer. OPAQUE lets the
+    /// client find this out itself; an unknown name looks the same.
+    #[error("not authenticated: wrong username or password")]
+    WrongPassword,
+    /// A username rule, the password-hashing parameters or the sealed
+    /// identity key (see [`AuthError`]).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The cluster asked for password hashing so costly that the client
+    /// refuses (a misconfigured or hostile node could otherwise exhaust
+    /// this machine's memory).
+    #[error(
+        "the cluster asks for password hashing with {memory_kib} KiB and {iterations} iterations, more than this client allows; check the cluster's Argon2 setting"
+    )]
+    KsfTooCostly {
+        /// Memory asked for, KiB.
+        memory_kib: u32,
+        /// Iterations asked for.
+        iterations: u32,
+    },
+    /// An answer of the cluster that the client cannot use.
+    #[error("the cluster's answer could not be used ({0}); is the node a different version?")]
+    Protocol(String),
+    /// The identity key the cluster keeps for the account does not belong
+    /// to the account's public key.
+    #[error(
+        "the identity key stored with this account does not match its public key; the account's data is damaged, ask an operator"
+    )]
+    IdentityMismatch,
+    /// The password computation stopped before it finished (the runtime is
+    /// shutting down).
+    #[error("the password computation was interrupted")]
+    Interrupted,
+}
+
+impl ClientError {
+    /// The gRPC code this error amounts to, when it has one: the server's
+    /// own for [`ClientError::Rpc`], `UNAUTHENTICATED` for a wrong password
+    /// and `INVALID_ARGUMENT` for a name that breaks the rules.
+    #[must_use]
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Rpc(status) => Some(status.code()),
+            Self::WrongPassword => Some(Code::Unauthenticated),
+            Self::Auth(AuthError::Username(_)) => Some(Code::InvalidArgument),
+            _ => None,
+        }
+    }
+
+    /// The server's status, for [`ClientError::Rpc`].
+    #[must_use]
+    pub fn status(&self) -> Option<&Status> {
+        match self {
+            Self::Rpc(status) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+impl From<Status> for ClientError {
+    fn from(status: Status) -> Self {
+        Self::Rpc(status)
+    }
 }

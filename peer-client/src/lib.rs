@@ -1,19 +1,32 @@
 //! The Agora peer library: how a peer (or an operator tool, or a test) talks
-//! to the cluster.
+//! to the cluster, and what it keeps on disk.
 //!
 //! [`ClusterClient`] keeps one TLS gRPC channel per node, remembers which node
 //! it believes leads, and retries writes there with the same request id when
 //! a node is unavailable or points elsewhere, so a write survives a leader
-//! crash without being applied twice.
+//! crash without being applied twice. It may carry a session token, which
+//! then goes with every account and admin call.
+//!
+//! [`account`] registers and logs in with OPAQUE (no call carries a
+//! password) and recovers the account's identity key; [`local`] is the
+//! peer's own SQLite database, where the session and identity are kept;
+//! [`password`] reads a password from the terminal or `AGORA_PASSWORD`.
 
+pub mod account;
+mod bearer;
 mod cluster;
 mod error;
+pub mod local;
+pub mod password;
 mod request_id;
 mod retry;
 mod tls;
 
-pub use cluster::{read_cluster_file, ClusterClient};
+pub use account::{Account, Session, SessionInfo};
+pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};
+pub use cluster::{read_cluster_file, AccountClient, AdminClient, ClusterClient};
 pub use error::ClientError;
+pub use local::{PeerStore, StoreError};
 pub use request_id::{new_request_id, request_id};
 pub use retry::{describe_status, is_retryable, leader_hint_of, RetryPolicy};
 pub use tls::{ClientIdentity, ClientTls};

@@ -1,7 +1,12 @@
 //! `agora`: the peer's command line.
 //!
-//! For now it exercises the cluster client with the replicated key/value
-//! register (`put` / `get`); the marketplace commands come later.
+//! Accounts (`register`, `login`, `logout`, `whoami`; see [`cli::account`]) and
+//! the replicated key/value register (`put` / `get`) that exercises the
+//! cluster client; the marketplace commands come later. The peer's local
+//! state lives in its data directory (`--data-dir`, `AGORA_HOME`, default
+//! `~/.agora`).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,6 +16,8 @@ use agora_proto::market::ReadConsistency;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
+
+use crate::cli::account::Peer;
 
 /// The Agora peer.
 #[derive(Debug, Parser)]
@@ -24,6 +31,9 @@ struct Cli {
         default_value = "./agora-dev/cluster.toml"
     )]
     cluster: PathBuf,
+    /// The peer's local state (session, identity); default ~/.agora.
+    #[arg(long, global = true, env = "AGORA_HOME")]
+    data_dir: Option<PathBuf>,
     /// Print one JSON document instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -33,6 +43,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create an account (password from the terminal or AGORA_PASSWORD).
+    Register {
+        /// 3 to 32 letters, digits, '_', '-' or '.'.
+        name: String,
+    },
+    /// Log in and keep the session in the data directory.
+    Login {
+        /// The account name.
+        name: String,
+    },
+    /// End the session on the cluster and forget it here.
+    Logout,
+    /// Show who this peer is logged in as (asks the cluster).
+    Whoami,
     /// Write a value to the replicated key/value register.
     Put {
         /// Key (1 to 256 bytes).
@@ -74,7 +98,19 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = ClusterClient::load(&cli.cluster)?;
+    let peer = || {
+        Peer::new(
+            client.clone(),
+            cli.data_dir.clone(),
+            agora_peer::local::PEER_DIR_NAME,
+            cli.json,
+        )
+    };
     match cli.command {
+        Command::Register { name } => peer()?.register(&name).await?,
+        Command::Login { name } => peer()?.login(&name).await?,
+        Command::Logout => peer()?.logout().await?,
+        Command::Whoami => peer()?.whoami().await?,
         Command::Put {
             key,
             value,

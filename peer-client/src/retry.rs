@@ -112,12 +112,14 @@ pub fn describe_status(status: &Status) -> String {
         Code::InvalidArgument => "the request was refused as invalid",
         Code::NotFound => "not found",
         Code::AlreadyExists => "it already exists",
-        Code::PermissionDenied => {
-            "permission denied (admin calls need the cluster's client certificate)"
-        }
+        // Admin calls take an admin session or the operator certificate;
+        // the server's message says which is missing.
+        Code::PermissionDenied => "permission denied",
         Code::Unauthenticated => "not authenticated",
         Code::FailedPrecondition => "the cluster is not in a state to do this",
-        Code::ResourceExhausted => "the cluster is overloaded or the request is too large",
+        // A size limit, an overload, or too many failed logins; the
+        // server's message says which (and when to retry).
+        Code::ResourceExhausted => "a limit was reached",
         Code::Unimplemented => "this node does not support the call (is it a different version?)",
         Code::Cancelled => "the call was cancelled",
         _ => "the call failed",
@@ -200,5 +202,11 @@ mod tests {
             "the cluster is unavailable: no leader"
         );
         assert_eq!(describe_status(&Status::not_found("")), "not found");
+        assert_eq!(
+            describe_status(&Status::resource_exhausted(
+                "too many failed logins for this name; try again in 4 s"
+            )),
+            "a limit was reached: too many failed logins for this name; try again in 4 s"
+        );
     }
 }

@@ -47,6 +47,10 @@ pub struct NodeConfig {
     pub max_payload_entries: u64,
     /// Log as JSON lines instead of text.
     pub log_json: bool,
+    /// If this node bootstraps the cluster, use cheap Argon2id parameters
+    /// (load-test clusters only: it makes stolen password files cheap to
+    /// attack).
+    pub load_test_ksf: bool,
 }
 
 impl Default for NodeConfig {
@@ -79,6 +83,7 @@ impl NodeConfig {
             keep_logs: 1_000,
             max_payload_entries: 2_000,
             log_json: false,
+            load_test_ksf: false,
         }
     }
 
@@ -228,6 +233,9 @@ pub struct NodeArgs {
     /// Log as JSON lines.
     #[arg(long, env = "AGORA_LOG_JSON")]
     pub log_json: bool,
+    /// Bootstrap with cheap Argon2id parameters: for load-test clusters only.
+    #[arg(long)]
+    pub load_test_ksf: bool,
 }
 
 impl NodeArgs {
@@ -271,6 +279,7 @@ impl NodeArgs {
             config.advertise_raft.clone_from(&self.advertise_raft);
         }
         config.log_json |= self.log_json;
+        config.load_test_ksf |= self.load_test_ksf;
         Ok(config)
     }
 }

@@ -103,6 +103,7 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
         }
         println!("  cluster file: {}", dir.join("cluster.toml").display());
         demo(&nodes, leader, &tls).await?;
+        ensure_admin(&dir).await?;
         println!();
         println!(
             "Try: cargo run -p agora-admin -- --cluster {} status",
@@ -288,6 +289,69 @@ async fn demo(nodes: &[DevNode], leader: u64, tls: &ClientTlsConfig) -> anyhow::
         reader.id,
         String::from_utf8_lossy(&got.value)
     );
+    Ok(())
+}
+
+/// Name of the first admin account.
+const ADMIN_NAME: &str = "admin";
+
+/// Creates the first admin account (OPAQUE, over the operator certificate)
+/// unless it exists, and says how to log in.
+async fn ensure_admin(dir: &Path) -> anyhow::Result<()> {
+    let password_file = dir.join("admin-password");
+    let (password, generated) = match std::env::var("AGORA_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => (p, false),
+        _ => match std::fs::read_to_string(&password_file) {
+            Ok(p) => (p.trim().to_owned(), false),
+            Err(_) => {
+                use rand::Rng;
+                let p: String = rand::thread_rng()
+                    .sample_iter(&rand::distributions::Alphanumeric)
+                    .take(20)
+                    .map(char::from)
+                    .collect();
+                (p, true)
+            }
+        },
+    };
+    let client = agora_peer::ClusterClient::load(&dir.join("cluster.toml"))?;
+    let cluster = dir.join("cluster.toml");
+    match agora_peer::account::register(&client, ADMIN_NAME, password.as_bytes(), true).await {
+        Ok(_) => {
+            if generated {
+                write_secret(&password_file, &password)?;
+                println!(
+                    "created the admin account {ADMIN_NAME:?}; its password is in {} (or set AGORA_ADMIN_PASSWORD before the first run)",
+                    password_file.display()
+                );
+            } else {
+                println!("created the admin account {ADMIN_NAME:?}");
+            }
+        }
+        Err(e) if e.code() == Some(tonic::Code::AlreadyExists) => {
+            println!("the admin account {ADMIN_NAME:?} exists (from an earlier run)");
+        }
+        Err(e) => bail!("cannot create the admin account: {e}"),
+    }
+    println!(
+        "log in as admin: AGORA_PASSWORD=$(cat {}) cargo run -p agora-admin -- --cluster {} login {ADMIN_NAME}",
+        password_file.display(),
+        cluster.display()
+    );
+    Ok(())
+}
+
+fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())?;
     Ok(())
 }
 

@@ -65,6 +65,8 @@ fn rejection_status(r: &Rejection) -> Status {
     match r {
         Rejection::RequestIdReused(_) => Status::already_exists(r.to_string()),
         Rejection::Invalid(_) => Status::invalid_argument(r.to_string()),
+        Rejection::AlreadyExists(_) => Status::already_exists(r.to_string()),
+        Rejection::NotReady(_) => Status::unavailable(r.to_string()),
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`node`]: the write and read paths every service uses.
 //! - [`server`]: starting and stopping a node on given listeners.
 
+pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod domain;

@@ -22,6 +22,7 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::auth::Authenticator;
 use crate::error::{ReadError, WriteError};
 use crate::raft::command::{Command, Outcome, Proposal};
 use crate::raft::log_store::LogStore;
@@ -79,6 +80,8 @@ pub struct Node {
     pub addr: NodeAddr,
     /// When this process started, for uptime.
     pub started: Instant,
+    /// Sessions and cluster secrets.
+    pub auth: Authenticator,
     /// Proposals waiting to be batched into a log entry.
     proposals: mpsc::Sender<Pending>,
 }
@@ -111,6 +114,7 @@ impl Node {
         Arc::new(Self {
             id,
             raft,
+            auth: Authenticator::new(state.readers().clone()),
             state,
             log,
             peers,
@@ -360,6 +364,68 @@ async fn propose_batch(id: NodeId, raft: &typ::Raft, time_ms: u64, batch: Vec<Pe
             for reply in replies {
                 let _ = reply.send(Err(error.clone()));
             }
+        }
+    }
+}
+
+/// How often the leader re-checks its duties when nothing changes.
+const DUTY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Work only the leader does: bootstrapping the cluster secrets once (made
+/// here, at random, so they travel inside the replicated command).
+pub async fn run_leader_duties(node: Arc<Node>, load_test_ksf: bool) {
+    let mut metrics = node.raft.metrics();
+    let mut initialized = false;
+    loop {
+        let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
+        if is_leader && !initialized {
+            initialized = ensure_cluster_secrets(&node, load_test_ksf).await;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(DUTY_INTERVAL) => {}
+        }
+    }
+}
+
+/// Proposes the bootstrap secrets unless they exist; true once they do.
+async fn ensure_cluster_secrets(node: &Node, load_test_ksf: bool) -> bool {
+    match crate::store::accounts::secrets(node.state.readers()).await {
+        Ok(Some(_)) => return true,
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the cluster secrets");
+            return false;
+        }
+    }
+    let mut seed = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+    let ksf = if load_test_ksf {
+        tracing::warn!("bootstrapping with cheap Argon2id parameters: for load tests only");
+        agora_proto::auth::KsfParams::LOAD_TEST
+    } else {
+        agora_proto::auth::KsfParams::OWASP
+    };
+    let server_setup =
+        opaque_ke::ServerSetup::<agora_proto::auth::AgoraOpaque>::new(&mut rand::rngs::OsRng)
+            .serialize()
+            .to_vec();
+    let proposal = Proposal {
+        request: None,
+        op: crate::raft::command::Op::InitCluster {
+            server_setup,
+            token_seed: seed,
+            ksf,
+        },
+    };
+    match node.write_local(proposal).await {
+        Ok(_) => {
+            tracing::info!("cluster secrets bootstrapped");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot bootstrap the cluster secrets yet");
+            false
         }
     }
 }

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use agora_proto::admin::admin_service_server::AdminServiceServer;
+use agora_proto::market::account_service_server::AccountServiceServer;
 use agora_proto::market::kv_service_server::KvServiceServer;
 use agora_proto::raft::raft_service_server::RaftServiceServer;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::config::{ConfigError, NodeConfig};
+use crate::grpc::account::AccountApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::kv::KvApi;
 use crate::grpc::raft::RaftApi;
@@ -141,6 +143,10 @@ pub async fn run(
         peers,
         addr.clone(),
     );
+    tokio::spawn(crate::node::run_leader_duties(
+        node.clone(),
+        config.load_test_ksf,
+    ));
     tokio::spawn(observability::export_raft_metrics(
         raft.clone(),
         move || log.committed_index(),
@@ -157,6 +163,9 @@ pub async fn run(
     let (mut health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KvServiceServer<KvApi>>().await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
+    health
+        .set_serving::<AccountServiceServer<AccountApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -174,6 +183,10 @@ pub async fn run(
         .add_service(
             AdminServiceServer::new(AdminApi::new(node.clone()))
                 .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+        )
+        .add_service(
+            AccountServiceServer::new(AccountApi::new(node.clone()))
+                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
     let raft_server = Server::builder()

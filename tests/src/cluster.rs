@@ -97,49 +97,85 @@ impl TestOptions {
     }
 }
 
-/// The certificate files `agora-server certs` writes.
+/// A directory of certificates as `agora-server certs` writes them: a CA,
+/// node certificates `node-1 ..= node-N` (server and client use) and an
+/// operator client certificate. The cluster's own, or another CA's for tests
+/// of what the cluster must refuse.
 #[derive(Debug, Clone)]
-struct Certs {
+pub struct CertDir {
     dir: PathBuf,
     /// Node certificates made (node ids `1..=nodes`).
     nodes: u64,
 }
 
-impl Certs {
-    fn ca(&self) -> PathBuf {
+impl CertDir {
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How many node certificates it holds (`node-1 ..= node-N`).
+    #[must_use]
+    pub fn nodes(&self) -> u64 {
+        self.nodes
+    }
+
+    /// The CA certificate.
+    #[must_use]
+    pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
 
-    fn client_cert(&self) -> PathBuf {
+    /// The operator client certificate.
+    #[must_use]
+    pub fn client_cert(&self) -> PathBuf {
         self.dir.join("client.pem")
     }
 
-    fn client_key(&self) -> PathBuf {
+    /// The operator client key.
+    #[must_use]
+    pub fn client_key(&self) -> PathBuf {
         self.dir.join("client.key")
     }
 
-    fn node_cert(&self, id: u64) -> PathBuf {
+    /// Node `id`'s certificate.
+    #[must_use]
+    pub fn node_cert(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node-{id}.pem"))
     }
 
-    fn node_key(&self, id: u64) -> PathBuf {
+    /// Node `id`'s key.
+    #[must_use]
+    pub fn node_key(&self, id: u64) -> PathBuf {
         self.dir.join(format!("node-{id}.key"))
     }
 
-    fn client_tls(&self) -> anyhow::Result<ClientTls> {
-        let read = |path: PathBuf| {
-            std::fs::read(&path).with_context(|| format!("could not read {}", path.display()))
-        };
+    /// Client TLS that trusts this CA and presents its operator certificate.
+    ///
+    /// # Errors
+    /// When a file cannot be read.
+    pub fn client_tls(&self) -> anyhow::Result<ClientTls> {
         Ok(ClientTls {
-            ca_pem: read(self.ca())?,
+            ca_pem: read_file(&self.ca())?,
             identity: Some(ClientIdentity {
-                cert_pem: read(self.client_cert())?,
-                key_pem: read(self.client_key())?,
+                cert_pem: read_file(&self.client_cert())?,
+                key_pem: read_file(&self.client_key())?,
             }),
             server_name: DEFAULT_SERVER_NAME.to_owned(),
         })
     }
 }
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("could not read {}", path.display()))
+}
+
+/// Only one cluster runs at a time in a test process: cargo runs the tests
+/// of one file in parallel, and several clusters on a busy two-core machine
+/// make every deadline a gamble. Each [`TestCluster`] holds this until it is
+/// dropped.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A cluster of real `agora-server` processes on loopback, in a temporary
 /// directory. Dropping it kills every node (SIGKILL) and prints the tail of
@@ -157,10 +193,13 @@ pub struct TestCluster {
     /// processes die before their directory is removed.
     nodes: BTreeMap<u64, NodeProcess>,
     server: PathBuf,
-    certs: Certs,
+    certs: CertDir,
     options: TestOptions,
     settings: NodeSettings,
     dir: tempfile::TempDir,
+    /// This cluster's turn ([`ONE_CLUSTER_AT_A_TIME`]); last, so that it is
+    /// released only once the nodes are dead.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl TestCluster {
@@ -195,12 +234,13 @@ impl TestCluster {
     /// When the binaries are missing or a node does not start.
     pub async fn launch(n: u64, options: TestOptions) -> anyhow::Result<Self> {
         anyhow::ensure!(n > 0, "a test cluster needs at least one node");
+        let turn = ONE_CLUSTER_AT_A_TIME.lock().await;
         let server = binary(SERVER_BINARY)?;
         let dir = tempfile::Builder::new()
             .prefix("agora-test-")
             .tempdir()
             .context("could not create the cluster's temporary directory")?;
-        let certs = Certs {
+        let certs = CertDir {
             dir: dir.path().join("certs"),
             nodes: n + options.spare_nodes,
         };
@@ -229,6 +269,7 @@ impl TestCluster {
             options,
             settings,
             dir,
+            _turn: turn,
         })
     }
 
@@ -430,6 +471,46 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until every node of `ids` reports a `StateDigest` taken at the
+    /// same applied index (so: no write in flight between them), and
+    /// returns those digests by node. It does not compare the digests: at
+    /// one index they must be equal, and that is for the test to assert.
+    ///
+    /// # Errors
+    /// When the nodes do not line up before the deadline.
+    pub async fn wait_same_applied(
+        &self,
+        ids: &[u64],
+    ) -> anyhow::Result<BTreeMap<u64, StateDigestReply>> {
+        anyhow::ensure!(!ids.is_empty(), "no nodes to compare");
+        wait_for(
+            &format!("nodes {ids:?} to report digests at one applied index"),
+            self.options.deadline,
+            || async {
+                let calls = ids.iter().map(|id| self.digest(*id));
+                let replies = futures::future::join_all(calls).await;
+                let mut digests = BTreeMap::new();
+                let mut seen = Vec::new();
+                for (id, reply) in ids.iter().zip(replies) {
+                    match reply {
+                        Ok(reply) => {
+                            seen.push(format!("node {id} at {}", reply.applied_index));
+                            digests.insert(*id, reply);
+                        }
+                        Err(err) => seen.push(format!("node {id}: {err:#}")),
+                    }
+                }
+                let indexes: BTreeSet<u64> = digests.values().map(|d| d.applied_index).collect();
+                Ok(if digests.len() == ids.len() && indexes.len() == 1 {
+                    Probe::Ready(digests)
+                } else {
+                    Probe::NotYet(seen.join("; "))
+                })
+            },
+        )
+        .await
+    }
+
     /// SIGKILL node `id` (a crash: nothing is flushed that was not already).
     ///
     /// # Errors
@@ -478,13 +559,36 @@ impl TestCluster {
     /// When no spare certificate is left ([`TestOptions::spare_nodes`]) or
     /// the node does not start.
     pub async fn add_node(&mut self) -> anyhow::Result<NodeInfo> {
-        let id = self.nodes.keys().next_back().map_or(1, |last| last + 1);
+        let id = self.next_node_id();
         anyhow::ensure!(
             id <= self.certs.nodes,
             "no certificate for node {id}: the cluster was made with {} spare node(s); raise TestOptions::spare_nodes",
             self.options.spare_nodes
         );
-        let mut node = NodeProcess::new(id, node_files(self.dir.path(), &self.certs, id));
+        let certs = self.certs.clone();
+        self.add_node_with_certs(&certs, id).await
+    }
+
+    /// Starts a fresh node with the next free id, like
+    /// [`add_node`](Self::add_node), but with the CA and node certificate
+    /// `cert_id` of `certs`: e.g. another CA's, for a node the cluster must
+    /// not talk to. The cluster's [`client`](Self::client) lists it, but
+    /// only a client trusting `certs`' CA can talk to it.
+    ///
+    /// # Errors
+    /// When `certs` has no certificate `cert_id` or the node does not start.
+    pub async fn add_node_with_certs(
+        &mut self,
+        certs: &CertDir,
+        cert_id: u64,
+    ) -> anyhow::Result<NodeInfo> {
+        anyhow::ensure!(
+            (1..=certs.nodes).contains(&cert_id),
+            "{} has no certificate for node {cert_id}",
+            certs.dir.display()
+        );
+        let id = self.next_node_id();
+        let mut node = NodeProcess::new(id, node_files_with(self.dir.path(), certs, id, cert_id));
         node.spawn(&self.server, &self.settings)?;
         let info = node.wait_ready(self.options.deadline).await;
         // Keep it even if it failed to start, so its log is printed.
@@ -492,6 +596,42 @@ impl TestCluster {
         let info = info?;
         self.client = client_for(&self.tls, &self.nodes)?;
         Ok(info)
+    }
+
+    /// Makes certificates under a brand-new CA (not the cluster's) in the
+    /// cluster directory, with `agora-server certs`: `nodes` node
+    /// certificates and an operator certificate.
+    ///
+    /// # Errors
+    /// When `agora-server certs` fails or `name` is taken.
+    pub async fn make_other_ca(&self, name: &str, nodes: u64) -> anyhow::Result<CertDir> {
+        let certs = CertDir {
+            dir: self.dir.path().join(name),
+            nodes,
+        };
+        anyhow::ensure!(
+            !certs.dir.exists() && name != "certs",
+            "{} already exists; pick another name for the other CA",
+            certs.dir.display()
+        );
+        make_certs(&self.server, &certs).await?;
+        Ok(certs)
+    }
+
+    /// The cluster's own certificates.
+    #[must_use]
+    pub fn certs(&self) -> &CertDir {
+        &self.certs
+    }
+
+    /// The options the cluster was started with.
+    #[must_use]
+    pub fn options(&self) -> &TestOptions {
+        &self.options
+    }
+
+    fn next_node_id(&self) -> u64 {
+        self.nodes.keys().next_back().map_or(1, |last| last + 1)
     }
 
     /// The node as a `Member` (voter or not), for membership calls.
@@ -598,18 +738,24 @@ impl Drop for TestCluster {
 }
 
 /// The files of node `id` under the cluster directory.
-fn node_files(dir: &Path, certs: &Certs, id: u64) -> NodeFiles {
+fn node_files(dir: &Path, certs: &CertDir, id: u64) -> NodeFiles {
+    node_files_with(dir, certs, id, id)
+}
+
+/// The files of node `id`, started with node certificate `cert_id` of
+/// `certs` (which need not be the cluster's).
+fn node_files_with(dir: &Path, certs: &CertDir, id: u64, cert_id: u64) -> NodeFiles {
     NodeFiles {
         data_dir: dir.join(format!("node-{id}")),
         log: dir.join(format!("node-{id}.log")),
         ca_cert: certs.ca(),
-        cert: certs.node_cert(id),
-        key: certs.node_key(id),
+        cert: certs.node_cert(cert_id),
+        key: certs.node_key(cert_id),
     }
 }
 
 /// Runs `agora-server certs` for `certs.nodes` nodes.
-async fn make_certs(server: &Path, certs: &Certs) -> anyhow::Result<()> {
+async fn make_certs(server: &Path, certs: &CertDir) -> anyhow::Result<()> {
     let output = tokio::process::Command::new(server)
         .arg("certs")
         .arg("--out")

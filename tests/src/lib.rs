@@ -24,6 +24,6 @@ mod node;
 mod wait;
 
 pub use binaries::{binary, SERVER_BINARY};
-pub use cluster::{TestCluster, TestOptions};
+pub use cluster::{CertDir, TestCluster, TestOptions};
 pub use node::NodeInfo;
 pub use wait::{wait_for, Probe, POLL_INTERVAL};

@@ -2,7 +2,6 @@
 //! receives the log (or a snapshot) without voting; promote it once it has
 //! caught up.
 
-use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::admin::{AddLearnerRequest, Member};
 use anyhow::Context as _;
 
@@ -38,8 +37,9 @@ impl AddLearner {
         let reply = client
             .call_leader(|channel| {
                 let request = request.clone();
+                let mut admin = client.admin_on(channel);
                 async move {
-                    AdminServiceClient::new(channel)
+                    admin
                         .add_learner(request)
                         .await
                         .map(tonic::Response::into_inner)

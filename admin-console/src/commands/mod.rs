@@ -3,10 +3,13 @@
 
 mod add_learner;
 mod digest;
+mod login;
+mod logout;
 mod promote;
 mod remove;
 mod snapshot;
 mod status;
+mod whoami;
 
 use std::time::Duration;
 
@@ -30,9 +33,21 @@ pub enum Command {
     Digest(digest::Digest),
     /// Build a snapshot on the leader now and purge the log behind it.
     Snapshot(snapshot::Snapshot),
+    /// Log in as an admin; later commands present the session.
+    Login(login::Login),
+    /// End the admin session and forget it.
+    Logout(logout::Logout),
+    /// Show who the console is logged in as.
+    Whoami(whoami::Whoami),
 }
 
 impl Command {
+    /// Whether the command makes admin calls (and so needs an admin session
+    /// or the operator certificate); the session commands do not.
+    pub fn makes_admin_calls(&self) -> bool {
+        !matches!(self, Self::Login(_) | Self::Logout(_) | Self::Whoami(_))
+    }
+
     /// Runs the command.
     pub async fn run(self, console: &Console) -> anyhow::Result<()> {
         match self {
@@ -42,6 +57,9 @@ impl Command {
             Self::Remove(command) => command.run(console).await,
             Self::Digest(command) => command.run(console).await,
             Self::Snapshot(command) => command.run(console).await,
+            Self::Login(command) => command.run(console).await,
+            Self::Logout(command) => command.run(console).await,
+            Self::Whoami(command) => command.run(console).await,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `agora-admin promote`: the second half of a hot join, making a learner
 //! that has caught up a voter.
 
-use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::admin::PromoteVoterRequest;
 use anyhow::Context as _;
 
@@ -21,11 +20,14 @@ impl Promote {
         let request = PromoteVoterRequest { id: self.id };
         let client = super::membership_client(console).await;
         let reply = client
-            .call_leader(|channel| async move {
-                AdminServiceClient::new(channel)
-                    .promote_voter(request)
-                    .await
-                    .map(tonic::Response::into_inner)
+            .call_leader(|channel| {
+                let mut admin = client.admin_on(channel);
+                async move {
+                    admin
+                        .promote_voter(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
             })
             .await
             .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))

@@ -1,7 +1,6 @@
 //! `agora-admin remove`: take a node out of the cluster. The server refuses
 //! to leave fewer than three voters unless `--force` says that is intended.
 
-use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::admin::RemoveNodeRequest;
 use anyhow::Context as _;
 
@@ -27,11 +26,14 @@ impl Remove {
         };
         let client = super::membership_client(console).await;
         let reply = client
-            .call_leader(|channel| async move {
-                AdminServiceClient::new(channel)
-                    .remove_node(request)
-                    .await
-                    .map(tonic::Response::into_inner)
+            .call_leader(|channel| {
+                let mut admin = client.admin_on(channel);
+                async move {
+                    admin
+                        .remove_node(request)
+                        .await
+                        .map(tonic::Response::into_inner)
+                }
             })
             .await
             .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))

@@ -1,6 +1,6 @@
-//! `agora.admin.v1.AdminService`: what operators call. Every call needs the
-//! cluster's operator certificate (a client certificate from the cluster CA,
-//! already verified by TLS); admin sessions arrive with accounts.
+//! `agora.admin.v1.AdminService`: what operators call. Every call needs an
+//! admin session, or the cluster's operator certificate (a client
+//! certificate from the cluster CA, already verified by TLS).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -39,15 +39,6 @@ impl AdminApi {
     #[must_use]
     pub fn new(node: Arc<Node>) -> Self {
         Self { node }
-    }
-}
-
-fn require_operator<T>(request: &Request<T>) -> Result<(), Status> {
-    match request.peer_certs() {
-        Some(certs) if !certs.is_empty() => Ok(()),
-        _ => Err(Status::unauthenticated(
-            "admin calls need the cluster's operator certificate (client_cert and client_key in cluster.toml)",
-        )),
     }
 }
 
@@ -126,7 +117,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<NodeStatus>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let node = &self.node;
         let m = node.raft.metrics().borrow().clone();
         let last_log = m.last_log_index.unwrap_or(0);
@@ -170,7 +161,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<InitializeRequest>,
     ) -> Result<Response<InitializeReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let mut nodes = BTreeMap::new();
         for member in request.into_inner().members {
             let (id, addr) = node_addr(Some(member))?;
@@ -197,7 +188,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let (id, addr) = node_addr(request.into_inner().member)?;
         let node = &self.node;
         match tokio::time::timeout(LEARNER_CATCH_UP, node.raft.add_learner(id, addr, true)).await {
@@ -214,7 +205,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<PromoteVoterRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let id = request.into_inner().id;
         let node = &self.node;
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
@@ -228,7 +219,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RemoveNodeRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let req = request.into_inner();
         let node = &self.node;
         let metrics = node.raft.metrics().borrow().clone();
@@ -268,7 +259,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<StateDigestRequest>,
     ) -> Result<Response<StateDigestReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let (applied_index, digest) = self
             .node
             .state
@@ -285,7 +276,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<TriggerSnapshotRequest>,
     ) -> Result<Response<TriggerSnapshotReply>, Status> {
-        require_operator(&request)?;
+        self.node.auth.require_admin(&request).await?;
         let node = &self.node;
         let applied = node
             .raft

@@ -1,6 +1,7 @@
 //! gRPC services, one file each, with thin handlers: validate, convert,
 //! call the node, convert back. Errors map to statuses in `crate::error`.
 
+pub mod account;
 pub mod admin;
 pub mod kv;
 pub mod raft;

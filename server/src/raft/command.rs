@@ -14,7 +14,9 @@
 use serde::{Deserialize, Serialize};
 use sqlx::SqliteConnection;
 
-use crate::domain::kv;
+use agora_proto::auth::{KsfParams, Role};
+
+use crate::domain::{accounts, kv};
 use crate::store;
 
 /// Identifies one logical write: a retry carries the same key and gets the
@@ -50,6 +52,38 @@ pub struct Command {
 /// One replicated operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
+    /// Bootstrap secrets, made once by the first leader (random, so they
+    /// travel in the command). Applied once; later copies change nothing.
+    InitCluster {
+        /// Serialized OPAQUE `ServerSetup`.
+        server_setup: Vec<u8>,
+        /// Seed of the ed25519 key that signs session tokens.
+        token_seed: [u8; 32],
+        /// First Argon2id parameters.
+        ksf: KsfParams,
+    },
+    /// Create an account from a finished OPAQUE registration.
+    Register {
+        /// Canonical username.
+        username: String,
+        /// Role of the new account.
+        role: Role,
+        /// Serialized OPAQUE `ServerRegistration` (the password file).
+        password_file: Vec<u8>,
+        /// ed25519 identity public key.
+        identity_public_key: Vec<u8>,
+        /// The identity private key sealed under the user's export key.
+        encrypted_identity_key: Vec<u8>,
+    },
+    /// End a session on every node.
+    RevokeSession {
+        /// The session.
+        session_id: String,
+        /// Its account.
+        user_id: u64,
+        /// When it would have expired anyway.
+        expires_at_ms: u64,
+    },
     /// Write `value` under `key` in the replicated register.
     Put {
         /// Key (1..=256 bytes).
@@ -62,6 +96,15 @@ pub enum Op {
 /// What applying a command produced. Identical on every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
+    /// Bootstrap secrets stored (or already present).
+    Initialized,
+    /// An account was created.
+    Registered {
+        /// Its id.
+        user_id: u64,
+    },
+    /// A session was revoked.
+    Revoked,
     /// A `Put` was applied: the key's revision after it.
     Put {
         /// Number of writes to the key so far.
@@ -81,6 +124,12 @@ pub enum Rejection {
     /// The input breaks a rule.
     #[error("{0}")]
     Invalid(String),
+    /// Something with that name exists.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The cluster is not ready for this yet.
+    #[error("{0}")]
+    NotReady(String),
 }
 
 /// Where and when a command is applied.
@@ -100,6 +149,34 @@ impl Op {
     pub fn validate(&self) -> Result<(), Rejection> {
         match self {
             Op::Put { key, value } => kv::validate_put(key, value).map_err(Rejection::Invalid),
+            Op::InitCluster {
+                server_setup, ksf, ..
+            } => {
+                ksf.argon2()
+                    .map_err(|e| Rejection::Invalid(e.to_string()))?;
+                accounts::validate_server_setup(server_setup).map_err(Rejection::Invalid)
+            }
+            Op::Register {
+                username,
+                password_file,
+                identity_public_key,
+                encrypted_identity_key,
+                ..
+            } => accounts::validate_registration(
+                username,
+                password_file,
+                identity_public_key,
+                encrypted_identity_key,
+            )
+            .map_err(Rejection::Invalid),
+            Op::RevokeSession { session_id, .. } => {
+                if session_id.is_empty() || session_id.len() > 64 {
+                    return Err(Rejection::Invalid(
+                        "a session id has 1 to 64 characters".into(),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -118,6 +195,57 @@ impl Op {
             Op::Put { key, value } => {
                 let revision = store::kv::put(conn, key, value, ctx.index).await?;
                 Ok(Outcome::Put { revision })
+            }
+            Op::InitCluster {
+                server_setup,
+                token_seed,
+                ksf,
+            } => {
+                store::accounts::init_secrets(conn, server_setup, token_seed, ksf).await?;
+                Ok(Outcome::Initialized)
+            }
+            Op::Register {
+                username,
+                role,
+                password_file,
+                identity_public_key,
+                encrypted_identity_key,
+            } => {
+                if store::accounts::secrets(&mut *conn).await?.is_none() {
+                    return Ok(Outcome::Rejected(Rejection::NotReady(
+                        "the cluster is still starting up (no bootstrap secrets yet); retry in a moment".into(),
+                    )));
+                }
+                let user = store::accounts::NewUser {
+                    username,
+                    role: *role,
+                    password_file,
+                    identity_public_key,
+                    encrypted_identity_key,
+                };
+                Ok(
+                    match store::accounts::insert_user(conn, &user, ctx.time_ms).await? {
+                        Some(user_id) => Outcome::Registered { user_id },
+                        None => Outcome::Rejected(Rejection::AlreadyExists(format!(
+                            "the username {username:?} is taken; pick another"
+                        ))),
+                    },
+                )
+            }
+            Op::RevokeSession {
+                session_id,
+                user_id,
+                expires_at_ms,
+            } => {
+                store::accounts::revoke_session(
+                    conn,
+                    session_id,
+                    *user_id,
+                    *expires_at_ms,
+                    ctx.time_ms,
+                )
+                .await?;
+                Ok(Outcome::Revoked)
             }
         }
     }

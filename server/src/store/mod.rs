@@ -2,6 +2,7 @@
 //! `migrations/node`) and the queries the state machine and the read paths
 //! run against it.
 
+pub mod accounts;
 pub mod digest;
 pub mod kv;
 pub mod meta;
