@@ -51,6 +51,8 @@ pub struct NodeConfig {
     /// (load-test clusters only: it makes stolen password files cheap to
     /// attack).
     pub load_test_ksf: bool,
+    /// How long a login session lasts, in seconds.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for NodeConfig {
@@ -84,6 +86,7 @@ impl NodeConfig {
             max_payload_entries: 2_000,
             log_json: false,
             load_test_ksf: false,
+            session_ttl_secs: 12 * 3600,
         }
     }
 
@@ -106,6 +109,11 @@ impl NodeConfig {
                 "the shortest election timeout ({} ms) must be below the longest ({} ms)",
                 self.election_min_ms, self.election_max_ms
             )));
+        }
+        if self.session_ttl_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "session-ttl-secs must be 1 or more".into(),
+            ));
         }
         if self.snapshot_logs == 0 || self.max_payload_entries == 0 {
             return Err(ConfigError::Invalid(
@@ -236,6 +244,9 @@ pub struct NodeArgs {
     /// Bootstrap with cheap Argon2id parameters: for load-test clusters only.
     #[arg(long)]
     pub load_test_ksf: bool,
+    /// How long a login session lasts, in seconds [default: 43200 = 12 h].
+    #[arg(long, env = "AGORA_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<u64>,
 }
 
 impl NodeArgs {
@@ -270,7 +281,8 @@ impl NodeArgs {
             election_max_ms,
             snapshot_logs,
             keep_logs,
-            max_payload_entries
+            max_payload_entries,
+            session_ttl_secs
         );
         if self.advertise_api.is_some() {
             config.advertise_api.clone_from(&self.advertise_api);

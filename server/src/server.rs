@@ -185,8 +185,11 @@ pub async fn run(
                 .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
         )
         .add_service(
-            AccountServiceServer::new(AccountApi::new(node.clone()))
-                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+            AccountServiceServer::new(AccountApi::new(
+                node.clone(),
+                std::time::Duration::from_secs(config.session_ttl_secs),
+            ))
+            .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
     let raft_server = Server::builder()

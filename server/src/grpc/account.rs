@@ -44,8 +44,6 @@ use crate::node::Node;
 use crate::raft::command::{Op, Outcome, Proposal, RequestKey};
 use crate::store;
 
-/// How long a session lasts.
-pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// How long a node keeps a login's in-between state.
 const LOGIN_STATE_TTL: Duration = Duration::from_secs(60);
 /// Most logins in progress on one node (older ones are dropped beyond).
@@ -73,6 +71,8 @@ struct Failures {
 /// The service, over a running node.
 pub struct AccountApi {
     node: Arc<Node>,
+    /// How long a session lasts (a node setting).
+    session_ttl: Duration,
     /// Logins between their two rounds. A std mutex: held only for map
     /// operations.
     pending: Mutex<HashMap<String, PendingLogin>>,
@@ -81,11 +81,12 @@ pub struct AccountApi {
 }
 
 impl AccountApi {
-    /// Serves `node`.
+    /// Serves `node`; sessions last `session_ttl`.
     #[must_use]
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, session_ttl: Duration) -> Self {
         Self {
             node,
+            session_ttl,
             pending: Mutex::default(),
             failures: Mutex::default(),
         }
@@ -356,7 +357,8 @@ impl AccountService for AccountApi {
             role: user.role,
             session_id: random_hex(16),
             issued_at_ms: now,
-            expires_at_ms: now + u64::try_from(SESSION_TTL.as_millis()).unwrap_or(u64::MAX),
+            expires_at_ms: now
+                .saturating_add(u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX)),
         };
         metrics::counter!("agora_logins_total").increment(1);
         Ok(Response::new(LoginFinishReply {
