@@ -1,6 +1,7 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod logins;
 mod writes;
 
 use std::process::ExitCode;
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Replicated write throughput and latency (the core's raw write path).
     Writes(writes::WritesArgs),
+    /// OPAQUE logins per second served by the cluster.
+    Logins(logins::LoginsArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Writes(args) => writes::run(args).await,
+            Command::Logins(args) => logins::run(args).await,
         }
     });
     match result {

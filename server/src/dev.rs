@@ -40,6 +40,9 @@ pub struct DevArgs {
     /// Start the nodes and exit once the cluster is up, leaving them running.
     #[arg(long)]
     detach: bool,
+    /// Bootstrap with cheap Argon2id parameters (load-test clusters only).
+    #[arg(long)]
+    load_test_ksf: bool,
 }
 
 struct DevNode {
@@ -80,7 +83,7 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
     }
     write_cluster_file(&dir, &nodes)?;
     for node in &mut nodes {
-        node.child = Some(spawn_node(&exe, &dir, &certs, node)?);
+        node.child = Some(spawn_node(&exe, &dir, &certs, node, args.load_test_ksf)?);
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -123,7 +126,13 @@ pub fn run(args: &DevArgs) -> anyhow::Result<()> {
     result.map(|_| ())
 }
 
-fn spawn_node(exe: &Path, dir: &Path, certs: &DevCerts, node: &DevNode) -> anyhow::Result<Child> {
+fn spawn_node(
+    exe: &Path,
+    dir: &Path,
+    certs: &DevCerts,
+    node: &DevNode,
+    load_test_ksf: bool,
+) -> anyhow::Result<Child> {
     let data = dir.join(format!("node-{}", node.id));
     std::fs::create_dir_all(&data)?;
     let log_path = data.join("node.log");
@@ -132,8 +141,13 @@ fn spawn_node(exe: &Path, dir: &Path, certs: &DevCerts, node: &DevNode) -> anyho
         .append(true)
         .open(&log_path)
         .with_context(|| format!("cannot open {}", log_path.display()))?;
-    Command::new(exe)
-        .arg("node")
+    let mut command = Command::new(exe);
+    if load_test_ksf {
+        command.arg("node").arg("--load-test-ksf");
+    } else {
+        command.arg("node");
+    }
+    command
         .args(["--id", &node.id.to_string()])
         .arg("--data-dir")
         .arg(&data)
