@@ -18,7 +18,8 @@ use clap::Parser;
 use crate::commands::Command;
 use crate::console::Console;
 
-/// Operate an Agora cluster: status, membership, digests, snapshots.
+/// Operate an Agora cluster: status, membership, digests, snapshots, the
+/// ledger (deposits, commission, holds, audit).
 #[derive(Debug, Parser)]
 #[command(name = "agora-admin", version, about)]
 struct Cli {

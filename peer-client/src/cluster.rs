@@ -13,6 +13,7 @@ use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::cluster_file::ClusterFile;
 use agora_proto::market::account_service_client::AccountServiceClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
+use agora_proto::market::ledger_service_client::LedgerServiceClient;
 use agora_proto::market::{GetReply, GetRequest, PutReply, PutRequest, ReadConsistency, RequestId};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -29,6 +30,10 @@ pub type AdminClient = AdminServiceClient<InterceptedService<Channel, SessionAut
 /// An account client whose calls carry the [`ClusterClient`]'s session
 /// token, if it has one (a token put on a request explicitly wins).
 pub type AccountClient = AccountServiceClient<InterceptedService<Channel, SessionAuth>>;
+
+/// A ledger client whose calls carry the [`ClusterClient`]'s session
+/// token, if it has one.
+pub type LedgerClient = LedgerServiceClient<InterceptedService<Channel, SessionAuth>>;
 
 /// How long opening a TCP + TLS connection to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -274,6 +279,22 @@ impl ClusterClient {
     #[must_use]
     pub fn account_on(&self, channel: Channel) -> AccountClient {
         AccountServiceClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    /// A ledger client for node `id`, over the cached channel, carrying
+    /// this client's session token.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownNode`] when the client does not know `id`.
+    pub fn ledger(&self, id: u64) -> Result<LedgerClient, ClientError> {
+        self.channel(id).map(|channel| self.ledger_on(channel))
+    }
+
+    /// A ledger client over `channel`, carrying this client's session
+    /// token.
+    #[must_use]
+    pub fn ledger_on(&self, channel: Channel) -> LedgerClient {
+        LedgerServiceClient::with_interceptor(channel, self.auth.clone())
     }
 
     /// Writes `value` under `key` on the leader, retrying (bounded) through

@@ -8,6 +8,7 @@
 
 use std::path::PathBuf;
 
+use agora_proto::amount::AmountError;
 use agora_proto::auth::AuthError;
 use agora_proto::cluster_file::ClusterFileError;
 use tonic::{Code, Status};
@@ -126,18 +127,27 @@ pub enum ClientError {
     /// shutting down).
     #[error("the password computation was interrupted")]
     Interrupted,
+    /// An amount that no ledger call accepts (zero where money moves, or
+    /// above the maximum), refused before any call.
+    #[error(transparent)]
+    Amount(#[from] AmountError),
+    /// A commission outside 0..=10000 basis points, refused before any call.
+    #[error("the commission must be 0 to 10000 basis points (100 = 1%); {0} is out of range")]
+    CommissionOutOfRange(u32),
 }
 
 impl ClientError {
     /// The gRPC code this error amounts to, when it has one: the server's
     /// own for [`ClientError::Rpc`], `UNAUTHENTICATED` for a wrong password
-    /// and `INVALID_ARGUMENT` for a name that breaks the rules.
+    /// and `INVALID_ARGUMENT` for a name, an amount or a commission that
+    /// breaks the rules.
     #[must_use]
     pub fn code(&self) -> Option<Code> {
         match self {
             Self::Rpc(status) => Some(status.code()),
             Self::WrongPassword => Some(Code::Unauthenticated),
             Self::Auth(AuthError::Username(_)) => Some(Code::InvalidArgument),
+            Self::Amount(_) | Self::CommissionOutOfRange(_) => Some(Code::InvalidArgument),
             _ => None,
         }
     }

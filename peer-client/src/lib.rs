@@ -11,11 +11,16 @@
 //! password) and recovers the account's identity key; [`local`] is the
 //! peer's own SQLite database, where the session and identity are kept;
 //! [`password`] reads a password from the terminal or `AGORA_PASSWORD`.
+//!
+//! [`ledger`] reads balances and cash flows, withdraws, and (for operators)
+//! deposits, sets the commission, opens and settles holds, and audits the
+//! ledger on every node.
 
 pub mod account;
 mod bearer;
 mod cluster;
 mod error;
+pub mod ledger;
 pub mod local;
 pub mod password;
 mod request_id;
@@ -24,7 +29,7 @@ mod tls;
 
 pub use account::{Account, Session, SessionInfo};
 pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};
-pub use cluster::{read_cluster_file, AccountClient, AdminClient, ClusterClient};
+pub use cluster::{read_cluster_file, AccountClient, AdminClient, ClusterClient, LedgerClient};
 pub use error::ClientError;
 pub use local::{PeerStore, StoreError};
 pub use request_id::{new_request_id, request_id};

@@ -1,8 +1,9 @@
 //! `agora`: the peer's command line.
 //!
-//! Accounts (`register`, `login`, `logout`, `whoami`; see [`cli::account`]) and
-//! the replicated key/value register (`put` / `get`) that exercises the
-//! cluster client; the marketplace commands come later. The peer's local
+//! Accounts (`register`, `login`, `logout`, `whoami`; see [`cli::account`]),
+//! money (`balance`, `history`, `withdraw`; see [`cli::ledger`]) and the
+//! replicated key/value register (`put` / `get`) that exercises the cluster
+//! client; the marketplace commands come later. The peer's local
 //! state lives in its data directory (`--data-dir`, `AGORA_HOME`, default
 //! `~/.agora`).
 
@@ -12,12 +13,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agora_peer::{describe_status, request_id, ClusterClient};
+use agora_proto::amount::{parse_positive_amount, AmountError};
 use agora_proto::market::ReadConsistency;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::cli::account::Peer;
+use crate::cli::ledger::HistoryQuery;
 
 /// The Agora peer.
 #[derive(Debug, Parser)]
@@ -57,6 +60,29 @@ enum Command {
     Logout,
     /// Show who this peer is logged in as (asks the cluster).
     Whoami,
+    /// Show your balance, the money held for purchases, and what is
+    /// available.
+    Balance,
+    /// Show your cash flows (deposits, withdrawals, purchases, sales),
+    /// newest first, one page at a time.
+    History {
+        /// Only this kind (deposit, withdrawal, sale, commission, ...);
+        /// repeat for several.
+        #[arg(long = "kind", value_name = "KIND")]
+        kinds: Vec<String>,
+        /// Entries per page (1 to 500; default 50).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
+        limit: Option<u32>,
+        /// Continue where a previous page ended (it prints the cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Move available money out of your account.
+    Withdraw {
+        /// How much, like 12.50.
+        #[arg(value_parser = amount_arg, allow_hyphen_values = true)]
+        amount: u64,
+    },
     /// Write a value to the replicated key/value register.
     Put {
         /// Key (1 to 256 bytes).
@@ -82,6 +108,12 @@ enum Command {
         #[arg(long)]
         node: Option<u64>,
     },
+}
+
+/// An amount of money that moves (more than 0.00), checked while the
+/// command line is parsed, before anything is sent.
+fn amount_arg(text: &str) -> Result<u64, AmountError> {
+    parse_positive_amount(text)
 }
 
 #[tokio::main]
@@ -111,6 +143,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Login { name } => peer()?.login(&name).await?,
         Command::Logout => peer()?.logout().await?,
         Command::Whoami => peer()?.whoami().await?,
+        Command::Balance => cli::ledger::balance(&peer()?).await?,
+        Command::History {
+            kinds,
+            limit,
+            cursor,
+        } => {
+            let query = HistoryQuery {
+                kinds,
+                limit,
+                cursor,
+            };
+            cli::ledger::history(&peer()?, query).await?;
+        }
+        Command::Withdraw { amount } => cli::ledger::withdraw(&peer()?, amount).await?,
         Command::Put {
             key,
             value,

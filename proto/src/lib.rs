@@ -5,6 +5,7 @@
 //! never exposed to peers), [`market`] (what peers call) and [`admin`] (what
 //! operators call).
 
+pub mod amount;
 pub mod auth;
 pub mod cluster_file;
 

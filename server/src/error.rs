@@ -67,6 +67,8 @@ fn rejection_status(r: &Rejection) -> Status {
         Rejection::Invalid(_) => Status::invalid_argument(r.to_string()),
         Rejection::AlreadyExists(_) => Status::already_exists(r.to_string()),
         Rejection::NotReady(_) => Status::unavailable(r.to_string()),
+        Rejection::FailedPrecondition(_) => Status::failed_precondition(r.to_string()),
+        Rejection::NotFound(_) => Status::not_found(r.to_string()),
     }
 }
 

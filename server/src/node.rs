@@ -369,21 +369,48 @@ async fn propose_batch(id: NodeId, raft: &typ::Raft, time_ms: u64, batch: Vec<Pe
 }
 
 /// How often the leader re-checks its duties when nothing changes.
-const DUTY_INTERVAL: Duration = Duration::from_secs(1);
+const DUTY_INTERVAL: Duration = Duration::from_millis(500);
+/// How often the leader looks for expired holds.
+const EXPIRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Work only the leader does: bootstrapping the cluster secrets once (made
-/// here, at random, so they travel inside the replicated command).
+/// here, at random, so they travel inside the replicated command), and
+/// voiding expired holds with a replicated `ExpireHolds` stamped with the
+/// leader's clock.
 pub async fn run_leader_duties(node: Arc<Node>, load_test_ksf: bool) {
     let mut metrics = node.raft.metrics();
     let mut initialized = false;
+    let mut last_expiry = Instant::now();
     loop {
         let is_leader = metrics.borrow_and_update().state == ServerState::Leader;
         if is_leader && !initialized {
             initialized = ensure_cluster_secrets(&node, load_test_ksf).await;
         }
+        // Metrics change on every commit; look for expired holds at most
+        // every EXPIRY_INTERVAL.
+        if is_leader && last_expiry.elapsed() >= EXPIRY_INTERVAL {
+            last_expiry = Instant::now();
+            expire_holds(&node).await;
+        }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(DUTY_INTERVAL) => {}
+        }
+    }
+}
+
+/// Proposes `ExpireHolds` when an open hold is past its expiry. Checking
+/// first keeps idle clusters from writing an entry every second.
+async fn expire_holds(node: &Node) {
+    let due =
+        crate::store::ledger::expired_holds(node.state.readers(), crate::auth::now_ms(), 1).await;
+    if matches!(due, Ok(ref ids) if !ids.is_empty()) {
+        let proposal = Proposal {
+            request: None,
+            op: crate::raft::command::Op::ExpireHolds,
+        };
+        if let Err(e) = node.write_local(proposal).await {
+            tracing::warn!(error = %e, "expiring holds failed; will retry");
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use agora_proto::admin::admin_service_server::AdminServiceServer;
 use agora_proto::market::account_service_server::AccountServiceServer;
 use agora_proto::market::kv_service_server::KvServiceServer;
+use agora_proto::market::ledger_service_server::LedgerServiceServer;
 use agora_proto::raft::raft_service_server::RaftServiceServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::grpc::account::AccountApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::kv::KvApi;
+use crate::grpc::ledger::LedgerApi;
 use crate::grpc::raft::RaftApi;
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
@@ -190,6 +192,10 @@ pub async fn run(
                 std::time::Duration::from_secs(config.session_ttl_secs),
             ))
             .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+        )
+        .add_service(
+            LedgerServiceServer::new(LedgerApi::new(node.clone()))
+                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
     let raft_server = Server::builder()

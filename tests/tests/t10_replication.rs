@@ -220,6 +220,37 @@ async fn a_put_on_a_follower_is_forwarded_and_applied_once() -> anyhow::Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_write_are_applied_once() -> anyhow::Result<()> {
+    let (cluster, leader, followers) = three_nodes().await?;
+
+    // The same request sent many times at once, to every node: the leader
+    // batches copies into one log entry and sees others in later entries;
+    // either way the write happens once.
+    let id = request_id(CLIENT);
+    let nodes = [leader, followers[0], followers[1]];
+    let copies = (0..12).map(|n| {
+        let request = put_request("ticket", b"one", &id);
+        put_on(&cluster, nodes[n % nodes.len()], request)
+    });
+    let replies = futures::future::join_all(copies).await;
+    let mut highest = 0;
+    for reply in replies {
+        let reply = reply??;
+        assert_eq!(reply.revision, 1, "a copy of the write was applied again");
+        highest = highest.max(reply.index);
+    }
+    for node in nodes {
+        let read = get_on(&cluster, node, "ticket", at_index(highest)).await?;
+        assert_eq!(
+            (read.value.as_slice(), read.revision),
+            (&b"one"[..], 1),
+            "node {node}"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_id_reused_for_another_write_is_refused() -> anyhow::Result<()> {
     let (cluster, leader, followers) = three_nodes().await?;
 

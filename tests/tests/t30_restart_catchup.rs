@@ -320,5 +320,48 @@ async fn a_follower_that_missed_purged_entries_installs_a_snapshot() -> anyhow::
     cluster.wait_applied(follower, next.index).await?;
     let (_, digest_after) = assert_same_state(&cluster, next.index).await?;
     assert_ne!(digest, digest_after, "a write must change the state digest");
+
+    // Nodes restart from their own snapshot and what is left of their log:
+    // the follower (whose log now starts at the installed snapshot), then
+    // the leader (which purged its log).
+    let purged = cluster.status(follower).await?.purged_index;
+    assert!(
+        purged > 0,
+        "node {follower} kept the log the snapshot covers"
+    );
+    cluster.kill(follower)?;
+    cluster.restart(follower).await?;
+    let status = cluster.wait_applied(follower, next.index).await?;
+    assert!(status.purged_index >= purged, "{status:?}");
+    cluster.kill(leader)?;
+    let new_leader = cluster.wait_for_leader(Some(leader)).await?;
+    let while_restarting = client
+        .put("while-restarting", b"y".to_vec(), request_id(CLIENT))
+        .await?;
+    cluster.restart(leader).await?;
+    cluster.wait_applied(leader, while_restarting.index).await?;
+    for (node, key) in [
+        (leader, "late-0000"),
+        (leader, "early-0000"),
+        (follower, "while-restarting"),
+    ] {
+        let read = client
+            .get(
+                key,
+                ReadConsistency {
+                    min_index: while_restarting.index,
+                    linearizable: false,
+                },
+                Some(node),
+            )
+            .await?;
+        assert!(
+            read.found,
+            "{key} is missing on node {node} after its restart"
+        );
+        assert_eq!(read.revision, 1, "{key} on node {node}");
+    }
+    assert_eq!(cluster.wait_for_leader(None).await?, new_leader);
+    assert_same_state(&cluster, while_restarting.index).await?;
     Ok(())
 }

@@ -2,7 +2,11 @@
 //! `async fn run(self, &Console)`; [`Command`] dispatches to them.
 
 mod add_learner;
+mod audit;
+mod commission;
+mod deposit;
 mod digest;
+mod hold;
 mod login;
 mod logout;
 mod promote;
@@ -14,6 +18,7 @@ mod whoami;
 use std::time::Duration;
 
 use agora_peer::{ClusterClient, RetryPolicy};
+use agora_proto::amount::{parse_positive_amount, AmountError};
 use clap::Subcommand;
 
 use crate::console::Console;
@@ -33,6 +38,14 @@ pub enum Command {
     Digest(digest::Digest),
     /// Build a snapshot on the leader now and purge the log behind it.
     Snapshot(snapshot::Snapshot),
+    /// Put money on a user's account (from outside the ledger).
+    Deposit(deposit::Deposit),
+    /// Set the commission on sales, in basis points (100 = 1%).
+    Commission(commission::Commission),
+    /// Open, post or void a hold (a pending transfer) by hand.
+    Hold(hold::Hold),
+    /// Check the ledger on every node and compare their digests.
+    Audit(audit::Audit),
     /// Log in as an admin; later commands present the session.
     Login(login::Login),
     /// End the admin session and forget it.
@@ -57,11 +70,21 @@ impl Command {
             Self::Remove(command) => command.run(console).await,
             Self::Digest(command) => command.run(console).await,
             Self::Snapshot(command) => command.run(console).await,
+            Self::Deposit(command) => command.run(console).await,
+            Self::Commission(command) => command.run(console).await,
+            Self::Hold(command) => command.run(console).await,
+            Self::Audit(command) => command.run(console).await,
             Self::Login(command) => command.run(console).await,
             Self::Logout(command) => command.run(console).await,
             Self::Whoami(command) => command.run(console).await,
         }
     }
+}
+
+/// An amount of money that moves (more than 0.00), checked while the
+/// command line is parsed, before anything is sent.
+fn amount_arg(text: &str) -> Result<u64, AmountError> {
+    parse_positive_amount(text)
 }
 
 /// A client for membership changes: they wait for the log to be replicated

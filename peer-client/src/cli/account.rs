@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use agora_peer::account::{self, describe_expiry};
+use agora_peer::account::{self, describe_expiry, Session};
 use agora_peer::local::{data_dir, PeerStore};
 use agora_peer::{password, ClientError, ClusterClient};
 use agora_proto::auth::canonical_username;
@@ -21,6 +21,17 @@ pub struct Peer {
     json: bool,
 }
 
+/// A peer that is logged in: its session, a client presenting it, and the
+/// local database (to record the indexes its writes were applied at).
+pub struct SignedIn {
+    /// The cluster client, presenting the session on every call.
+    pub client: ClusterClient,
+    /// The peer's local database.
+    pub store: PeerStore,
+    /// The stored session.
+    pub session: Session,
+}
+
 impl Peer {
     /// A peer whose data directory is `explicit`, else `$HOME/<dir_name>`.
     pub fn new(
@@ -33,6 +44,34 @@ impl Peer {
             client,
             data_dir: data_dir(explicit, dir_name)?,
             json,
+        })
+    }
+
+    /// Whether to print one JSON document instead of text.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The stored session and a client presenting it, for commands that
+    /// act as the account; a plain sentence saying how to log in when there
+    /// is no usable session.
+    pub async fn signed_in(&self) -> anyhow::Result<SignedIn> {
+        let not_logged_in = || anyhow::anyhow!("not logged in; log in with `agora login NAME`");
+        let store = PeerStore::open_existing(&self.data_dir)
+            .await?
+            .ok_or_else(not_logged_in)?;
+        let session = store.session().await?.ok_or_else(not_logged_in)?;
+        if session.is_expired() {
+            anyhow::bail!(
+                "the session of {0} has expired; log in again with `agora login {0}`",
+                session.username
+            );
+        }
+        let client = self.client.clone().with_token(&session.token)?;
+        Ok(SignedIn {
+            client,
+            store,
+            session,
         })
     }
 

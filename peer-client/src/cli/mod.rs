@@ -2,3 +2,5 @@
 //! the binary, not of the library: they print, and they fail with `anyhow`.
 
 pub mod account;
+pub mod ledger;
+pub mod table;

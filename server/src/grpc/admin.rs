@@ -12,15 +12,25 @@ use agora_proto::admin::{
     PromoteVoterRequest, RemoveNodeRequest, ReplicationLag, StateDigestReply, StateDigestRequest,
     StatusRequest, TriggerSnapshotReply, TriggerSnapshotRequest,
 };
+use agora_proto::admin::{
+    AdminRequestId, AuditReply, AuditRequest, CloseHoldRequest, DepositRequest, HoldReply,
+    LedgerWriteReply, OpenHoldRequest, SetCommissionRequest,
+};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
+use agora_proto::auth::canonical_username;
+
+use crate::auth::{now_ms, Session};
 use crate::error::WriteError;
 use crate::node::Node;
+use crate::node::{Applied, Freshness};
+use crate::raft::command::{Op, Outcome, Proposal, RequestKey};
 use crate::raft::typ::{NodeId, RaftMetrics};
 use crate::raft::{NodeAddr, TypeConfig};
+use crate::store;
 
 /// Longest `AddLearner` waits for the new node to catch up.
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
@@ -111,8 +121,202 @@ fn node_addr(member: Option<Member>) -> Result<(NodeId, NodeAddr), Status> {
     ))
 }
 
+/// Hold lifetime when the request gives none.
+const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// The request key of an admin write: keyed by the operator who sent it.
+fn admin_key(session: Option<&Session>, id: Option<AdminRequestId>) -> Result<RequestKey, Status> {
+    let id = id.map(|r| r.id).unwrap_or_default();
+    if id.is_empty() || id.len() > 128 {
+        return Err(Status::invalid_argument(
+            "request_id is missing; every write needs one (1 to 128 characters, reused on retry)",
+        ));
+    }
+    let client = match session {
+        Some(s) => format!("admin:{}", s.user_id()),
+        None => "operator".to_owned(),
+    };
+    Ok(RequestKey { client, id })
+}
+
+impl AdminApi {
+    /// The id of the account named `name`, read after everything committed
+    /// before this call (so a user registered a moment ago is found).
+    async fn user_id(&self, name: &str) -> Result<u64, Status> {
+        let canonical =
+            canonical_username(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.node
+            .read_barrier(Freshness {
+                min_index: 0,
+                linearizable: true,
+            })
+            .await?;
+        store::accounts::user_by_name(self.node.state.readers(), &canonical)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(|u| u.id)
+            .ok_or_else(|| Status::not_found(format!("there is no user {canonical:?}")))
+    }
+
+    async fn write(&self, request: RequestKey, op: Op) -> Result<Applied, Status> {
+        Ok(self
+            .node
+            .write(Proposal {
+                request: Some(request),
+                op,
+            })
+            .await?)
+    }
+}
+
+fn hold_reply(applied: Applied) -> Result<Response<HoldReply>, Status> {
+    match applied.outcome {
+        Outcome::Hold {
+            hold_id,
+            state,
+            expires_at_ms,
+        } => Ok(Response::new(HoldReply {
+            hold_id: u64::try_from(hold_id).unwrap_or_default(),
+            state,
+            index: applied.index,
+            expires_at_ms,
+        })),
+        other => Err(Status::internal(format!(
+            "unexpected outcome {other:?} for a hold"
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
+    async fn deposit(
+        &self,
+        request: Request<DepositRequest>,
+    ) -> Result<Response<LedgerWriteReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let user_id = self.user_id(&req.username).await?;
+        let applied = self
+            .write(
+                key,
+                Op::Deposit {
+                    user_id,
+                    amount: req.amount,
+                },
+            )
+            .await?;
+        Ok(Response::new(LedgerWriteReply {
+            index: applied.index,
+        }))
+    }
+
+    async fn set_commission(
+        &self,
+        request: Request<SetCommissionRequest>,
+    ) -> Result<Response<LedgerWriteReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let applied = self.write(key, Op::SetCommission { bps: req.bps }).await?;
+        Ok(Response::new(LedgerWriteReply {
+            index: applied.index,
+        }))
+    }
+
+    async fn open_hold(
+        &self,
+        request: Request<OpenHoldRequest>,
+    ) -> Result<Response<HoldReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let user_id = self.user_id(&req.username).await?;
+        let payee_user_id = self.user_id(&req.payee).await?;
+        let ttl = if req.ttl_ms == 0 {
+            DEFAULT_HOLD_TTL
+        } else {
+            Duration::from_millis(req.ttl_ms)
+        };
+        // The expiry is fixed here, from the proposer's clock, and travels in
+        // the command.
+        let expires_at_ms =
+            now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let applied = self
+            .write(
+                key,
+                Op::OpenHold {
+                    user_id,
+                    payee_user_id,
+                    amount: req.amount,
+                    expires_at_ms,
+                    purchase_id: None,
+                },
+            )
+            .await?;
+        hold_reply(applied)
+    }
+
+    async fn post_hold(
+        &self,
+        request: Request<CloseHoldRequest>,
+    ) -> Result<Response<HoldReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let hold_id = i64::try_from(req.hold_id)
+            .map_err(|_| Status::invalid_argument("hold_id is out of range"))?;
+        hold_reply(self.write(key, Op::PostHold { hold_id }).await?)
+    }
+
+    async fn void_hold(
+        &self,
+        request: Request<CloseHoldRequest>,
+    ) -> Result<Response<HoldReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let hold_id = i64::try_from(req.hold_id)
+            .map_err(|_| Status::invalid_argument("hold_id is out of range"))?;
+        hold_reply(self.write(key, Op::VoidHold { hold_id }).await?)
+    }
+
+    async fn audit(&self, request: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let readers = self.node.state.readers();
+        let mut conn = readers
+            .acquire()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let report = store::audit::audit(&mut tx)
+            .await
+            .map_err(|e| Status::internal(format!("the audit could not read the ledger: {e}")))?;
+        let bps = store::ledger::commission_bps(&mut *tx)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let _ = tx.rollback().await;
+        if !report.problems.is_empty() {
+            tracing::error!(problems = ?report.problems, "ledger audit failed");
+            metrics::counter!("agora_audit_failures_total").increment(1);
+        }
+        Ok(Response::new(AuditReply {
+            clean: report.problems.is_empty(),
+            problems: report.problems,
+            applied_index: report.applied_index,
+            ledger_digest: report.ledger_digest,
+            balance_sum: report.balance_sum,
+            accounts: report.accounts,
+            journal_entries: report.journal_entries,
+            open_holds: report.open_holds,
+            user_money: report.user_money,
+            operator_balance: report.operator_balance,
+            commission_bps: bps,
+        }))
+    }
+
     async fn status(
         &self,
         request: Request<StatusRequest>,

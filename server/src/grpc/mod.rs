@@ -4,6 +4,7 @@
 pub mod account;
 pub mod admin;
 pub mod kv;
+pub mod ledger;
 pub mod raft;
 pub mod rpc_metrics;
 

@@ -16,6 +16,9 @@ use sqlx::SqliteConnection;
 
 use agora_proto::auth::{KsfParams, Role};
 
+use agora_proto::amount::MAX_AMOUNT;
+
+use crate::domain::ledger::{self, LedgerError};
 use crate::domain::{accounts, kv};
 use crate::store;
 
@@ -75,6 +78,52 @@ pub enum Op {
         /// The identity private key sealed under the user's export key.
         encrypted_identity_key: Vec<u8>,
     },
+    /// Money in from outside (admin, or a payment hook).
+    Deposit {
+        /// The user credited.
+        user_id: u64,
+        /// Cents.
+        amount: u64,
+    },
+    /// Money out to outside, only from available money.
+    Withdraw {
+        /// The user debited.
+        user_id: u64,
+        /// Cents.
+        amount: u64,
+    },
+    /// Reserve a user's money for a payee.
+    OpenHold {
+        /// Whose money.
+        user_id: u64,
+        /// Who gets it when posted.
+        payee_user_id: u64,
+        /// Cents.
+        amount: u64,
+        /// When the timer voids it (leader's clock, Unix ms).
+        expires_at_ms: u64,
+        /// The purchase it pays for, if any.
+        purchase_id: Option<String>,
+    },
+    /// Settle a hold (price to the payee less commission, commission to the
+    /// operator).
+    PostHold {
+        /// The hold.
+        hold_id: i64,
+    },
+    /// Release a hold.
+    VoidHold {
+        /// The hold.
+        hold_id: i64,
+    },
+    /// Void every open hold past its expiry at the command's time (the
+    /// leader proposes this on a timer).
+    ExpireHolds,
+    /// Set the commission.
+    SetCommission {
+        /// Basis points, 0..=10000.
+        bps: u32,
+    },
     /// End a session on every node.
     RevokeSession {
         /// The session.
@@ -105,6 +154,29 @@ pub enum Outcome {
     },
     /// A session was revoked.
     Revoked,
+    /// Money moved on a user's account: its state after.
+    Balance {
+        /// Balance in cents.
+        balance: i64,
+        /// Held cents.
+        held: u64,
+    },
+    /// A hold changed.
+    Hold {
+        /// Its id.
+        hold_id: i64,
+        /// "open", "posted" or "voided".
+        state: String,
+        /// When it expires.
+        expires_at_ms: u64,
+    },
+    /// Holds voided by expiry.
+    Expired {
+        /// How many.
+        count: u64,
+    },
+    /// A setting changed.
+    SettingChanged,
     /// A `Put` was applied: the key's revision after it.
     Put {
         /// Number of writes to the key so far.
@@ -130,6 +202,25 @@ pub enum Rejection {
     /// The cluster is not ready for this yet.
     #[error("{0}")]
     NotReady(String),
+    /// The state does not allow it (not enough money, hold closed, ...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Something it names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl From<LedgerError> for Rejection {
+    fn from(e: LedgerError) -> Self {
+        match e {
+            LedgerError::BadAmount | LedgerError::BadCommission(_) | LedgerError::SameAccount => {
+                Rejection::Invalid(e.to_string())
+            }
+            LedgerError::Insufficient { .. }
+            | LedgerError::HoldClosed { .. }
+            | LedgerError::Overflow => Rejection::FailedPrecondition(e.to_string()),
+        }
+    }
 }
 
 /// Where and when a command is applied.
@@ -169,6 +260,33 @@ impl Op {
                 encrypted_identity_key,
             )
             .map_err(Rejection::Invalid),
+            Op::Deposit { amount, .. } | Op::Withdraw { amount, .. } => {
+                if *amount == 0 || *amount > MAX_AMOUNT {
+                    return Err(LedgerError::BadAmount.into());
+                }
+                Ok(())
+            }
+            Op::OpenHold {
+                user_id,
+                payee_user_id,
+                amount,
+                ..
+            } => {
+                if *amount == 0 || *amount > MAX_AMOUNT {
+                    return Err(LedgerError::BadAmount.into());
+                }
+                if user_id == payee_user_id {
+                    return Err(LedgerError::SameAccount.into());
+                }
+                Ok(())
+            }
+            Op::PostHold { .. } | Op::VoidHold { .. } | Op::ExpireHolds => Ok(()),
+            Op::SetCommission { bps } => {
+                if *bps > ledger::MAX_BPS {
+                    return Err(LedgerError::BadCommission(*bps).into());
+                }
+                Ok(())
+            }
             Op::RevokeSession { session_id, .. } => {
                 if session_id.is_empty() || session_id.len() > 64 {
                     return Err(Rejection::Invalid(
@@ -231,6 +349,66 @@ impl Op {
                         ))),
                     },
                 )
+            }
+            Op::Deposit { user_id, amount } => {
+                apply_money(conn, ctx, *user_id, *amount, true).await
+            }
+            Op::Withdraw { user_id, amount } => {
+                apply_money(conn, ctx, *user_id, *amount, false).await
+            }
+            Op::OpenHold {
+                user_id,
+                payee_user_id,
+                amount,
+                expires_at_ms,
+                purchase_id,
+            } => {
+                let Some(mut buyer) = store::ledger::user_account(&mut *conn, *user_id).await?
+                else {
+                    return Ok(no_account(*user_id));
+                };
+                let Some(payee) = store::ledger::user_account(&mut *conn, *payee_user_id).await?
+                else {
+                    return Ok(no_account(*payee_user_id));
+                };
+                if let Err(e) = ledger::open_hold(&mut buyer, *amount) {
+                    return Ok(Outcome::Rejected(e.into()));
+                }
+                let hold = ledger::Hold {
+                    id: 0,
+                    account: buyer.id,
+                    payee: payee.id,
+                    amount: *amount,
+                    state: ledger::HoldState::Open,
+                    expires_at_ms: *expires_at_ms,
+                };
+                let hold_id =
+                    store::ledger::insert_hold(conn, &hold, purchase_id.as_deref(), ctx.index)
+                        .await?;
+                store::ledger::save_accounts(conn, &[&buyer]).await?;
+                Ok(Outcome::Hold {
+                    hold_id,
+                    state: "open".into(),
+                    expires_at_ms: *expires_at_ms,
+                })
+            }
+            Op::PostHold { hold_id } => close_hold(conn, ctx, *hold_id, true, "posted").await,
+            Op::VoidHold { hold_id } => close_hold(conn, ctx, *hold_id, false, "voided").await,
+            Op::ExpireHolds => {
+                let mut count = 0;
+                // Bounded per command; the timer proposes again for the rest.
+                for hold_id in store::ledger::expired_holds(&mut *conn, ctx.time_ms, 1000).await? {
+                    if let Outcome::Hold { .. } =
+                        close_hold(conn, ctx, hold_id, false, "expired").await?
+                    {
+                        count += 1;
+                    }
+                }
+                Ok(Outcome::Expired { count })
+            }
+            Op::SetCommission { bps } => {
+                store::ledger::set_commission_bps(conn, *bps).await?;
+                Ok(Outcome::SettingChanged)
             }
             Op::RevokeSession {
                 session_id,
@@ -306,6 +484,92 @@ impl Command {
         store::requests::insert_many(conn, &fresh, ctx).await?;
         Ok(outcomes)
     }
+}
+
+fn no_account(user_id: u64) -> Outcome {
+    Outcome::Rejected(Rejection::NotFound(format!(
+        "user {user_id} has no ledger account"
+    )))
+}
+
+/// A deposit (`incoming`) or a withdrawal on a user's account.
+async fn apply_money(
+    conn: &mut SqliteConnection,
+    ctx: ApplyContext,
+    user_id: u64,
+    amount: u64,
+    incoming: bool,
+) -> Result<Outcome, sqlx::Error> {
+    let Some(mut user) = store::ledger::user_account(&mut *conn, user_id).await? else {
+        return Ok(no_account(user_id));
+    };
+    let mut external = store::ledger::account(&mut *conn, ledger::EXTERNAL).await?;
+    let entry = if incoming {
+        ledger::deposit(&mut user, &mut external, amount)
+    } else {
+        ledger::withdraw(&mut user, &mut external, amount)
+    };
+    let entry = match entry {
+        Ok(e) => e,
+        Err(e) => return Ok(Outcome::Rejected(e.into())),
+    };
+    store::ledger::save_accounts(conn, &[&user, &external]).await?;
+    let entry_ctx = store::ledger::EntryContext {
+        hold_id: None,
+        purchase_id: None,
+        log_index: ctx.index,
+        time_ms: ctx.time_ms,
+    };
+    store::ledger::journal(conn, &[entry], entry_ctx).await?;
+    Ok(Outcome::Balance {
+        balance: user.balance,
+        held: user.held,
+    })
+}
+
+/// Posts (`post`) or voids a hold; `reason` is recorded with it.
+async fn close_hold(
+    conn: &mut SqliteConnection,
+    ctx: ApplyContext,
+    hold_id: i64,
+    post: bool,
+    reason: &str,
+) -> Result<Outcome, sqlx::Error> {
+    let Some(mut hold) = store::ledger::hold(&mut *conn, hold_id).await? else {
+        return Ok(Outcome::Rejected(Rejection::NotFound(format!(
+            "there is no hold {hold_id}"
+        ))));
+    };
+    let mut buyer = store::ledger::account(&mut *conn, hold.account).await?;
+    if post {
+        let mut seller = store::ledger::account(&mut *conn, hold.payee).await?;
+        let mut operator = store::ledger::account(&mut *conn, ledger::OPERATOR).await?;
+        let bps = store::ledger::commission_bps(&mut *conn).await?;
+        let entries =
+            match ledger::post_hold(&mut hold, &mut buyer, &mut seller, &mut operator, bps) {
+                Ok(e) => e,
+                Err(e) => return Ok(Outcome::Rejected(e.into())),
+            };
+        store::ledger::save_accounts(conn, &[&buyer, &seller, &operator]).await?;
+        let entry_ctx = store::ledger::EntryContext {
+            hold_id: Some(hold.id),
+            purchase_id: None,
+            log_index: ctx.index,
+            time_ms: ctx.time_ms,
+        };
+        store::ledger::journal(conn, &entries, entry_ctx).await?;
+    } else {
+        if let Err(e) = ledger::void_hold(&mut hold, &mut buyer) {
+            return Ok(Outcome::Rejected(e.into()));
+        }
+        store::ledger::save_accounts(conn, &[&buyer]).await?;
+    }
+    store::ledger::close_hold(conn, &hold, ctx.index, reason).await?;
+    Ok(Outcome::Hold {
+        hold_id: hold.id,
+        state: hold.state.as_str().into(),
+        expires_at_ms: hold.expires_at_ms,
+    })
 }
 
 /// A stable fingerprint of an operation's body, to tell a retry from a

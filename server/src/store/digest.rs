@@ -14,8 +14,20 @@ use super::replicated_tables;
 /// # Errors
 /// Storage errors.
 pub async fn state_digest(conn: &mut SqliteConnection) -> Result<String, sqlx::Error> {
+    let tables = replicated_tables(conn, "main").await?;
+    tables_digest(conn, &tables).await
+}
+
+/// BLAKE3 over the rows of `tables` (in the given order), as hex.
+///
+/// # Errors
+/// Storage errors.
+pub async fn tables_digest(
+    conn: &mut SqliteConnection,
+    tables: &[String],
+) -> Result<String, sqlx::Error> {
     let mut hasher = blake3::Hasher::new();
-    for table in replicated_tables(conn, "main").await? {
+    for table in tables {
         let columns: Vec<(String,)> = sqlx::query_as(&format!(
             "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
         ))

@@ -3,8 +3,10 @@
 //! run against it.
 
 pub mod accounts;
+pub mod audit;
 pub mod digest;
 pub mod kv;
+pub mod ledger;
 pub mod meta;
 pub mod requests;
 

@@ -1,0 +1,123 @@
+//! The ledger audit: checks that must hold on every node at every applied
+//! index. Run inside one read transaction so every check sees one moment.
+
+use sqlx::SqliteConnection;
+
+use super::{digest, meta, to_u64};
+use crate::raft::typ::LogId;
+
+/// The audit's findings.
+#[derive(Debug, Clone, Default)]
+pub struct AuditReport {
+    /// Each failed check, as a sentence.
+    pub problems: Vec<String>,
+    /// Applied index the audit saw.
+    pub applied_index: u64,
+    /// Digest of the ledger tables.
+    pub ledger_digest: String,
+    /// Sum of all balances.
+    pub balance_sum: i64,
+    /// Accounts checked.
+    pub accounts: u64,
+    /// Journal entries checked.
+    pub journal_entries: u64,
+    /// Open holds.
+    pub open_holds: u64,
+    /// Money on user accounts.
+    pub user_money: u64,
+    /// The operator's balance.
+    pub operator_balance: i64,
+}
+
+/// The ledger tables, in digest order.
+const LEDGER_TABLES: &[&str] = &["holds", "journal", "ledger_accounts"];
+
+/// Runs every check.
+///
+/// # Errors
+/// Storage errors.
+pub async fn audit(conn: &mut SqliteConnection) -> Result<AuditReport, sqlx::Error> {
+    let mut report = AuditReport::default();
+    let applied: Option<LogId> = meta::get(conn, meta::LAST_APPLIED).await?;
+    report.applied_index = applied.map_or(0, |l| l.index);
+
+    let (sum, accounts, operator): (Option<i64>, i64, Option<i64>) = sqlx::query_as(
+        "SELECT SUM(balance), COUNT(*), (SELECT balance FROM ledger_accounts WHERE kind = 'operator') FROM ledger_accounts",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    report.balance_sum = sum.unwrap_or(0);
+    report.accounts = to_u64(accounts);
+    report.operator_balance = operator.unwrap_or(0);
+    if report.balance_sum != 0 {
+        report.problems.push(format!(
+            "the balances sum to {} cents instead of 0",
+            report.balance_sum
+        ));
+    }
+
+    // Every balance equals its journal: credits minus debits.
+    let mismatched: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT a.id, a.balance,
+                COALESCE((SELECT SUM(amount) FROM journal WHERE credit = a.id), 0)
+              - COALESCE((SELECT SUM(amount) FROM journal WHERE debit = a.id), 0) AS from_journal
+         FROM ledger_accounts a WHERE a.balance != from_journal",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, balance, journal) in mismatched {
+        report.problems.push(format!(
+            "account {id} has a balance of {balance} cents but its journal sums to {journal}"
+        ));
+    }
+
+    // Held money equals the open holds; no user account is overdrawn.
+    let held_wrong: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT a.id, a.held, COALESCE((SELECT SUM(amount) FROM holds WHERE account = a.id AND state = 'open'), 0) AS open
+         FROM ledger_accounts a WHERE a.held != open",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, held, open) in held_wrong {
+        report.problems.push(format!(
+            "account {id} holds {held} cents but its open holds sum to {open}"
+        ));
+    }
+    let overdrawn: Vec<(i64, i64, i64)> =
+        sqlx::query_as("SELECT id, balance, held FROM ledger_accounts WHERE kind != 'external' AND balance - held < 0")
+            .fetch_all(&mut *conn)
+            .await?;
+    for (id, balance, held) in overdrawn {
+        report.problems.push(format!(
+            "account {id} is overdrawn: balance {balance} cents, held {held}"
+        ));
+    }
+
+    // A voided hold moved no money; a posted hold moved exactly its amount.
+    let bad_holds: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+        "SELECT h.id, h.state, h.amount, COALESCE((SELECT SUM(amount) FROM journal WHERE hold_id = h.id), 0) AS moved
+         FROM holds h
+         WHERE (h.state IN ('open', 'voided') AND moved != 0) OR (h.state = 'posted' AND moved != h.amount)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, state, amount, moved) in bad_holds {
+        report.problems.push(format!(
+            "hold {id} is {state} (amount {amount} cents) but the journal moved {moved} cents for it"
+        ));
+    }
+
+    let (entries, open_holds, user_money): (i64, i64, Option<i64>) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM journal), (SELECT COUNT(*) FROM holds WHERE state = 'open'),
+                (SELECT SUM(balance) FROM ledger_accounts WHERE kind = 'user')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    report.journal_entries = to_u64(entries);
+    report.open_holds = to_u64(open_holds);
+    report.user_money = to_u64(user_money.unwrap_or(0));
+
+    let tables: Vec<String> = LEDGER_TABLES.iter().map(|t| (*t).to_owned()).collect();
+    report.ledger_digest = digest::tables_digest(conn, &tables).await?;
+    Ok(report)
+}
