@@ -1,6 +1,7 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod ledger;
 mod logins;
 mod writes;
 
@@ -22,6 +23,8 @@ enum Command {
     Writes(writes::WritesArgs),
     /// OPAQUE logins per second served by the cluster.
     Logins(logins::LoginsArgs),
+    /// Ledger writes per second (deposits, holds, posts).
+    Ledger(ledger::LedgerArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Writes(args) => writes::run(args).await,
             Command::Logins(args) => logins::run(args).await,
+            Command::Ledger(args) => ledger::run(args).await,
         }
     });
     match result {

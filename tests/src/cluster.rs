@@ -710,6 +710,12 @@ impl Drop for TestCluster {
         if lines > 0 {
             for node in self.nodes.values() {
                 let state = match node.exit_status() {
+                    // A node stops cleanly only on SIGTERM / SIGINT, which
+                    // the harness never sends unless asked to stop it: then
+                    // something outside the test did (a broad pkill?).
+                    Some(status) if status.success() => format!(
+                        "exited by itself: {status}; a clean exit means it got SIGTERM or SIGINT from outside the test"
+                    ),
                     Some(status) => format!("exited by itself: {status}"),
                     None if node.is_running() => "running".to_owned(),
                     None => "not running".to_owned(),

@@ -223,6 +223,12 @@ async fn killing_the_leader_mid_stream_loses_no_acknowledged_write() -> anyhow::
 
     // Every acknowledged write survived, applied once.
     for write in &acked {
+        assert_eq!(
+            write.ack.map(|(_, revision)| revision),
+            Some(1),
+            "{} is a fresh key",
+            write.key
+        );
         let read = read_linearizable(&cluster, new_leader, &write.key).await?;
         assert!(
             read.found,

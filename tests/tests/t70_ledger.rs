@@ -14,6 +14,10 @@
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
+// Amounts are written as cents with the decimal point as an underscore
+// (`100_00` is 100.00), which reads better here than thousands grouping.
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::Path;
@@ -66,11 +70,14 @@ struct User {
     client: ClusterClient,
 }
 
-async fn user(everyone: &ClusterClient, name: &str, admin: Option<&ClusterClient>) -> anyhow::Result<User> {
+async fn user(
+    everyone: &ClusterClient,
+    name: &str,
+    admin: Option<&ClusterClient>,
+) -> anyhow::Result<User> {
     let registrar = admin.unwrap_or(everyone);
     let account = account::register(registrar, name, PASSWORD.as_bytes(), admin.is_some()).await?;
-    let session =
-        account::login_after(everyone, name, PASSWORD.as_bytes(), account.index).await?;
+    let session = account::login_after(everyone, name, PASSWORD.as_bytes(), account.index).await?;
     Ok(User {
         id: account.user_id,
         name: account.username,
@@ -84,7 +91,11 @@ async fn balance(user: &User) -> anyhow::Result<BalanceReply> {
 }
 
 /// Fails unless `result` is an error with `code`.
-fn expect_code<T: Debug>(result: Result<T, ClientError>, code: Code, what: &str) -> anyhow::Result<()> {
+fn expect_code<T: Debug>(
+    result: Result<T, ClientError>,
+    code: Code,
+    what: &str,
+) -> anyhow::Result<()> {
     match result {
         Err(err) if err.code() == Some(code) => Ok(()),
         other => anyhow::bail!("{what}: expected {code:?}, got {other:?}"),
@@ -108,14 +119,20 @@ async fn operator_cents(admin: &ClusterClient, node: u64, index: u64) -> anyhow:
 }
 
 /// Buyer, seller and operator money at one moment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Money {
     buyer: BalanceReply,
     seller: BalanceReply,
     operator: i64,
 }
 
-async fn money(buyer: &User, seller: &User, admin: &ClusterClient, leader: u64, index: u64) -> anyhow::Result<Money> {
+async fn money(
+    buyer: &User,
+    seller: &User,
+    admin: &ClusterClient,
+    leader: u64,
+    index: u64,
+) -> anyhow::Result<Money> {
     Ok(Money {
         buyer: balance(buyer).await?,
         seller: balance(seller).await?,
@@ -275,7 +292,11 @@ async fn op_stream(
 }
 
 /// Runs a workspace binary with `args`; returns (success, stdout, stderr).
-async fn run_cli(name: &str, args: &[&str], password: bool) -> anyhow::Result<(bool, String, String)> {
+async fn run_cli(
+    name: &str,
+    args: &[&str],
+    password: bool,
+) -> anyhow::Result<(bool, String, String)> {
     let mut command = tokio::process::Command::new(binary(name)?);
     command.args(args).stdin(std::process::Stdio::null());
     for (key, _) in std::env::vars_os() {
@@ -297,7 +318,11 @@ async fn run_cli(name: &str, args: &[&str], password: bool) -> anyhow::Result<(b
 }
 
 /// `agora --cluster F --data-dir D ARGS...`.
-async fn agora(cluster_file: &Path, home: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+async fn agora(
+    cluster_file: &Path,
+    home: &Path,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
     let mut all = vec![
         "--cluster",
         cluster_file.to_str().unwrap_or_default(),
@@ -310,7 +335,11 @@ async fn agora(cluster_file: &Path, home: &Path, args: &[&str]) -> anyhow::Resul
 
 /// `agora-admin --cluster F --data-dir D ARGS...` (the operator certificate
 /// in the cluster file authorizes it).
-async fn agora_admin(cluster_file: &Path, home: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+async fn agora_admin(
+    cluster_file: &Path,
+    home: &Path,
+    args: &[&str],
+) -> anyhow::Result<(bool, String, String)> {
     let mut all = vec![
         "--cluster",
         cluster_file.to_str().unwrap_or_default(),
@@ -332,7 +361,6 @@ fn json_u64(stdout: &str, field: &str) -> anyhow::Result<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[allow(clippy::too_many_lines)] // one story, told in phases
 async fn ledger_end_to_end() -> anyhow::Result<()> {
     let test_started = Instant::now();
     let mut cluster = TestCluster::start(3, TestOptions::default()).await?;
@@ -346,7 +374,10 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let buyer = user(&everyone, "buyer", None).await?;
     let seller = user(&everyone, "seller", None).await?;
     let boss = user(&everyone, "boss", Some(&admin)).await?;
-    eprintln!("[{:>5.1}s] users ready", test_started.elapsed().as_secs_f64());
+    eprintln!(
+        "[{:>5.1}s] users ready",
+        test_started.elapsed().as_secs_f64()
+    );
 
     // --- A deposit, read back on a follower: at its index, and linearizably.
     let deposit = ledger::deposit(&admin, "buyer", 100_00, &new_request_id()).await?;
@@ -355,11 +386,18 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         linearizable: false,
     };
     let read = ledger::balance_on(&buyer.client, followers[0], 0, Some(at_index)).await?;
-    assert_eq!((read.balance, read.held, read.available), (100_00, 0, 100_00));
+    assert_eq!(
+        (read.balance, read.held, read.available),
+        (100_00, 0, 100_00)
+    );
     assert_eq!(read.user_id, buyer.id);
     assert!(read.applied_index >= deposit.index, "{read:?}");
     let read = ledger::balance_on(&buyer.client, followers[1], 0, None).await?;
-    assert_eq!(read.balance, 100_00, "linearizable read on node {}", followers[1]);
+    assert_eq!(
+        read.balance, 100_00,
+        "linearizable read on node {}",
+        followers[1]
+    );
     // An admin reads anyone's balance; a user only their own.
     let read = ledger::balance(&boss.client, buyer.id, None).await?;
     assert_eq!(read.balance, 100_00);
@@ -427,19 +465,39 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     )?;
     assert_eq!(balance(&buyer).await?.balance, 105_00);
     let entries = journal_matches_balance(&buyer).await?;
-    let kinds: Vec<(&str, i64)> = entries.iter().map(|e| (e.kind.as_str(), e.amount)).collect();
+    let kinds: Vec<(&str, i64)> = entries
+        .iter()
+        .map(|e| (e.kind.as_str(), e.amount))
+        .collect();
     assert_eq!(
         kinds,
-        vec![("deposit", 10_00), ("withdrawal", -5_00), ("deposit", 100_00)],
+        vec![
+            ("deposit", 10_00),
+            ("withdrawal", -5_00),
+            ("deposit", 100_00)
+        ],
         "newest first"
     );
-    assert!(entries.iter().all(|e| e.counterparty == "external"), "{entries:?}");
-    eprintln!("[{:>5.1}s] deposits, withdrawals, request ids", test_started.elapsed().as_secs_f64());
+    assert!(
+        entries.iter().all(|e| e.counterparty == "external"),
+        "{entries:?}"
+    );
+    eprintln!(
+        "[{:>5.1}s] deposits, withdrawals, request ids",
+        test_started.elapsed().as_secs_f64()
+    );
 
     // --- The commission on posted holds, rounded down.
     ledger::deposit(&admin, "buyer", 500_00, &new_request_id()).await?;
     let mut posted = Vec::new();
-    for (price, bps) in [(1, 100), (99, 100), (100, 100), (123_45, 100), (123_45, 250), (1_00, 0)] {
+    for (price, bps) in [
+        (1, 100),
+        (99, 100),
+        (100, 100),
+        (123_45, 100),
+        (123_45, 250),
+        (1_00, 0),
+    ] {
         let set = ledger::set_commission(&admin, bps, &new_request_id()).await?;
         let before = money(&buyer, &seller, &admin, leader, set.index).await?;
         let hold = NewHold {
@@ -448,8 +506,16 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
             amount: price,
             ttl: None,
         };
-        let opened = ledger::open_hold(&admin, &hold, &new_request_id()).await?;
+        let open_id = new_request_id();
+        let opened = ledger::open_hold(&admin, &hold, &open_id).await?;
         assert_eq!(opened.state, "open");
+        // Retried with its request id (as after a lost answer), the hold is
+        // the same one, opened once.
+        let retried = ledger::open_hold(&admin, &hold, &open_id).await?;
+        assert_eq!(
+            (retried.hold_id, retried.index),
+            (opened.hold_id, opened.index)
+        );
         let held = balance(&buyer).await?;
         assert_eq!(
             (held.balance, held.held, held.available),
@@ -458,12 +524,22 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         );
         let post_id = new_request_id();
         let done = ledger::post_hold(&admin, opened.hold_id, &post_id).await?;
-        assert_eq!((done.hold_id, done.state.as_str()), (opened.hold_id, "posted"));
+        assert_eq!(
+            (done.hold_id, done.state.as_str()),
+            (opened.hold_id, "posted")
+        );
         let retried = ledger::post_hold(&admin, opened.hold_id, &post_id).await?;
-        assert_eq!(retried.index, done.index, "a retried post answers as the first");
+        assert_eq!(
+            retried.index, done.index,
+            "a retried post answers as the first"
+        );
         let after = money(&buyer, &seller, &admin, leader, done.index).await?;
         let commission = price * u64::from(bps) / 10_000;
-        assert_eq!(after.buyer.balance, before.buyer.balance - price, "buyer, price {price} at {bps} bps");
+        assert_eq!(
+            after.buyer.balance,
+            before.buyer.balance - price,
+            "buyer, price {price} at {bps} bps"
+        );
         assert_eq!(after.buyer.held, 0);
         assert_eq!(
             after.seller.balance,
@@ -477,7 +553,8 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         );
         posted.push(opened.hold_id);
     }
-    let set = ledger::set_commission(&admin, u32::try_from(DEFAULT_BPS)?, &new_request_id()).await?;
+    let set =
+        ledger::set_commission(&admin, u32::try_from(DEFAULT_BPS)?, &new_request_id()).await?;
     expect_code(
         ledger::set_commission(&admin, 10_001, &new_request_id()).await,
         Code::InvalidArgument,
@@ -494,11 +571,18 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         assert_eq!(entry.counterparty, "user:buyer", "{entry:?}");
     }
     journal_matches_balance(&buyer).await?;
-    eprintln!("[{:>5.1}s] commission rounding", test_started.elapsed().as_secs_f64());
+    eprintln!(
+        "[{:>5.1}s] commission rounding",
+        test_started.elapsed().as_secs_f64()
+    );
 
     // --- A hold is closed once: posting or voiding it again moves nothing.
-    let settled = *posted.last().ok_or_else(|| anyhow::anyhow!("no hold posted"))?;
-    let index = ledger::deposit(&admin, "buyer", 1, &new_request_id()).await?.index;
+    let settled = *posted
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("no hold posted"))?;
+    let index = ledger::deposit(&admin, "buyer", 1, &new_request_id())
+        .await?
+        .index;
     let before = money(&buyer, &seller, &admin, leader, index).await?;
     expect_code(
         ledger::post_hold(&admin, settled, &new_request_id()).await,
@@ -530,7 +614,11 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         "posting a voided hold",
     )?;
     let after = money(&buyer, &seller, &admin, leader, voided.index).await?;
-    assert_eq!(amounts(after), amounts(before), "refused closes moved money");
+    assert_eq!(
+        amounts(after),
+        amounts(before),
+        "refused closes moved money"
+    );
     // A hold beyond the available money is refused.
     let too_much = NewHold {
         amount: before.buyer.available + 1,
@@ -552,14 +640,18 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let held = balance(&buyer).await?;
     assert!(held.held == 3_00 || held.held == 0, "{held:?}");
     let expired_at = Instant::now();
-    wait_for("the expiry timer to void the short hold", CONVERGE, || async {
-        let now = balance(&buyer).await?;
-        Ok(if now.held == 0 {
-            Probe::Ready(())
-        } else {
-            Probe::NotYet(format!("{} cents held", now.held))
-        })
-    })
+    wait_for(
+        "the expiry timer to void the short hold",
+        CONVERGE,
+        || async {
+            let now = balance(&buyer).await?;
+            Ok(if now.held == 0 {
+                Probe::Ready(())
+            } else {
+                Probe::NotYet(format!("{} cents held", now.held))
+            })
+        },
+    )
     .await?;
     eprintln!(
         "[{:>5.1}s] short hold voided {:.1}s after it was opened",
@@ -572,7 +664,11 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         "posting an expired hold",
     )?;
     let after = money(&buyer, &seller, &admin, leader, opened.index).await?;
-    assert_eq!(amounts(after), amounts(before), "the expired hold moved money");
+    assert_eq!(
+        amounts(after),
+        amounts(before),
+        "the expired hold moved money"
+    );
 
     // --- The command lines, against the same cluster.
     let cluster_file = cluster.write_cluster_file()?;
@@ -589,18 +685,37 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         assert!(!ok, "agora withdraw {bad} succeeded");
         assert!(!err.trim().is_empty(), "agora withdraw {bad} said nothing");
     }
-    assert_eq!(balance(&seller).await?.available, seller_cents, "a refused withdrawal moved money");
+    assert_eq!(
+        balance(&seller).await?.available,
+        seller_cents,
+        "a refused withdrawal moved money"
+    );
     let (ok, out, err) = agora(&cluster_file, &peer_home, &["withdraw", "0.50", "--json"]).await?;
     assert!(ok, "agora withdraw 0.50: {err}");
     assert_eq!(json_u64(&out, "available_cents")?, seller_cents - 50);
-    let (ok, out, err) = agora(&cluster_file, &peer_home, &["history", "--kind", "withdrawal"]).await?;
-    assert!(ok && out.contains("-0.50") && out.contains("withdrawal"), "agora history: {out}{err}");
-    let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["deposit", "seller", "2.50"]).await?;
+    let (ok, out, err) = agora(
+        &cluster_file,
+        &peer_home,
+        &["history", "--kind", "withdrawal"],
+    )
+    .await?;
+    assert!(
+        ok && out.contains("-0.50") && out.contains("withdrawal"),
+        "agora history: {out}{err}"
+    );
+    let (ok, out, err) =
+        agora_admin(&cluster_file, &admin_home, &["deposit", "seller", "2.50"]).await?;
     assert!(ok, "agora-admin deposit: {out}{err}");
     assert_eq!(balance(&seller).await?.available, seller_cents - 50 + 2_50);
-    let (ok, _, _) = agora_admin(&cluster_file, &admin_home, &["deposit", "seller", "2.505"]).await?;
+    let (ok, _, _) =
+        agora_admin(&cluster_file, &admin_home, &["deposit", "seller", "2.505"]).await?;
     assert!(!ok, "agora-admin deposit 2.505 succeeded");
-    let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["hold", "open", "seller", "buyer", "1.00"]).await?;
+    let (ok, out, err) = agora_admin(
+        &cluster_file,
+        &admin_home,
+        &["hold", "open", "seller", "buyer", "1.00"],
+    )
+    .await?;
     assert!(ok, "agora-admin hold open: {out}{err}");
     assert_eq!(balance(&seller).await?.held, 1_00);
     let hold_id: u64 = out
@@ -608,12 +723,28 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|word| word.trim_end_matches(':').parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no hold id in {out:?}"))?;
-    let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["hold", "void", &hold_id.to_string()]).await?;
-    assert!(ok && out.contains("voided"), "agora-admin hold void: {out}{err}");
-    let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["hold", "void", &hold_id.to_string()]).await?;
+    let (ok, out, err) = agora_admin(
+        &cluster_file,
+        &admin_home,
+        &["hold", "void", &hold_id.to_string()],
+    )
+    .await?;
+    assert!(
+        ok && out.contains("voided"),
+        "agora-admin hold void: {out}{err}"
+    );
+    let (ok, out, err) = agora_admin(
+        &cluster_file,
+        &admin_home,
+        &["hold", "void", &hold_id.to_string()],
+    )
+    .await?;
     assert!(!ok, "voiding twice succeeded: {out}{err}");
     assert_eq!(balance(&seller).await?.held, 0);
-    eprintln!("[{:>5.1}s] command lines", test_started.elapsed().as_secs_f64());
+    eprintln!(
+        "[{:>5.1}s] command lines",
+        test_started.elapsed().as_secs_f64()
+    );
 
     // --- SIGKILL the leader in the middle of deposits and withdrawals.
     let streamer = user(&everyone, "streamer", None).await?;
@@ -668,7 +799,34 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         killed_at.elapsed().as_secs_f64(),
     );
     let failed: Vec<&Op> = ops.iter().filter(|op| op.outcome.is_err()).collect();
-    assert!(failed.is_empty(), "operations that never succeeded: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "operations that never succeeded: {failed:#?}"
+    );
+
+    // Sending every operation again with its request id answers as the
+    // first time and applies nothing.
+    for op in &ops {
+        let again = match op.kind {
+            OpKind::Deposit => ledger::deposit(&admin, &streamer.name, op.amount, &op.request_id)
+                .await
+                .map(|reply| reply.index),
+            OpKind::Withdrawal => {
+                let id = agora_proto::market::RequestId {
+                    client: streamer.name.clone(),
+                    id: op.request_id.clone(),
+                };
+                ledger::withdraw(&streamer.client, op.amount, id)
+                    .await
+                    .map(|reply| reply.index)
+            }
+        };
+        assert_eq!(
+            again.ok(),
+            op.outcome.as_ref().ok().copied(),
+            "{op:?} sent again"
+        );
+    }
 
     // Every acknowledged operation is in the journal exactly once, at the
     // index its acknowledgement named; nothing else is.
@@ -684,14 +842,26 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         let found = journal
             .get(&(op.kind.journal_kind(), op.amount))
             .map_or(&[][..], Vec::as_slice);
-        assert_eq!(found.len(), 1, "{op:?} is in the journal {} times: {found:?}", found.len());
+        assert_eq!(
+            found.len(),
+            1,
+            "{op:?} is in the journal {} times: {found:?}",
+            found.len()
+        );
         if let (Ok(index), [entry]) = (&op.outcome, found) {
-            assert_eq!(entry.log_index, *index, "{op:?} acknowledged at another index than {entry:?}");
+            assert_eq!(
+                entry.log_index, *index,
+                "{op:?} acknowledged at another index than {entry:?}"
+            );
             let sign = if op.kind == OpKind::Deposit { 1 } else { -1 };
             assert_eq!(entry.amount, sign * i64::try_from(op.amount)?, "{op:?}");
         }
     }
-    assert_eq!(entries.len(), ops.len() + 1, "the journal holds operations nobody made");
+    assert_eq!(
+        entries.len(),
+        ops.len() + 1,
+        "the journal holds operations nobody made"
+    );
     let expected: i64 = 1_000_00
         + ops
             .iter()
@@ -707,12 +877,16 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
     let live = client_for(&cluster, &survivors, true)?;
     let (index, digest) = wait_clean_audit(&live, "a clean audit on the survivors").await?;
-    eprintln!("[{:>5.1}s] survivors clean at {index} ({digest})", test_started.elapsed().as_secs_f64());
+    eprintln!(
+        "[{:>5.1}s] survivors clean at {index} ({digest})",
+        test_started.elapsed().as_secs_f64()
+    );
 
     // The old leader comes back, catches up, and agrees.
     cluster.restart(leader).await?;
     let everyone_again = client_for(&cluster, &all, true)?;
-    let (index, digest) = wait_clean_audit(&everyone_again, "a clean audit on all three nodes").await?;
+    let (index, digest) =
+        wait_clean_audit(&everyone_again, "a clean audit on all three nodes").await?;
     let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["audit"]).await?;
     assert!(
         ok && out.contains("ledger audit: clean on all 3 nodes at index"),

@@ -145,13 +145,22 @@ impl AdminApi {
     async fn user_id(&self, name: &str) -> Result<u64, Status> {
         let canonical =
             canonical_username(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let lookup = || store::accounts::user_by_name(self.node.state.readers(), &canonical);
+        // An account's id never changes, so a local hit is good; only a miss
+        // needs the leader's read index (the account may be seconds old).
+        if let Some(user) = lookup()
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            return Ok(user.id);
+        }
         self.node
             .read_barrier(Freshness {
                 min_index: 0,
                 linearizable: true,
             })
             .await?;
-        store::accounts::user_by_name(self.node.state.readers(), &canonical)
+        lookup()
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map(|u| u.id)

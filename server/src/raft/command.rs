@@ -343,7 +343,10 @@ impl Op {
                 };
                 Ok(
                     match store::accounts::insert_user(conn, &user, ctx.time_ms).await? {
-                        Some(user_id) => Outcome::Registered { user_id },
+                        Some(user_id) => {
+                            store::ledger::open_user_account(conn, user_id).await?;
+                            Outcome::Registered { user_id }
+                        }
                         None => Outcome::Rejected(Rejection::AlreadyExists(format!(
                             "the username {username:?} is taken; pick another"
                         ))),
