@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::auth::Authenticator;
 use crate::error::{ReadError, WriteError};
-use crate::raft::command::{Command, Outcome, Proposal};
+use crate::raft::command::{Answer, Command, Outcome, Proposal};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{decode, encode, PeerChannels};
 use crate::raft::state_machine::StateMachine;
@@ -331,12 +331,14 @@ async fn propose_batch(id: NodeId, raft: &typ::Raft, time_ms: u64, batch: Vec<Pe
     metrics::histogram!("agora_write_commit_seconds").record(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => {
-            let index = response.log_id.index;
             let mut outcomes = response.data.into_iter();
             for reply in replies {
                 let result = match outcomes.next() {
-                    Some(Outcome::Rejected(rejection)) => Err(WriteError::Rejected(rejection)),
-                    Some(outcome) => Ok(Applied { index, outcome }),
+                    Some(Answer {
+                        outcome: Outcome::Rejected(rejection),
+                        ..
+                    }) => Err(WriteError::Rejected(rejection)),
+                    Some(Answer { index, outcome }) => Ok(Applied { index, outcome }),
                     None => Err(WriteError::Unknown(
                         "the batch produced fewer outcomes than proposals".into(),
                     )),

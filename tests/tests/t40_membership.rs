@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use agora_peer::request_id;
+use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::admin::{
     AddLearnerRequest, Member, MembershipReply, PromoteVoterRequest, RemoveNodeRequest,
     TriggerSnapshotRequest,
@@ -28,6 +29,10 @@ const MEMBERSHIP_CALL_TIMEOUT: Duration = Duration::from_secs(75);
 /// in batches of the server's purge batch size (256 entries), whatever
 /// `--keep-logs` says, so there must be more than that.
 const WRITES_BEFORE_JOIN: u32 = 300;
+/// Longest a `TriggerSnapshot` may take: building a small snapshot takes
+/// well under a second even on a busy machine (the server waits up to 60 s
+/// itself).
+const TRIGGER_SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs one admin call on node `on`, bounded by [`MEMBERSHIP_CALL_TIMEOUT`].
 async fn admin_call<T, F, Fut>(
@@ -36,14 +41,10 @@ async fn admin_call<T, F, Fut>(
     call: F,
 ) -> anyhow::Result<Result<T, Status>>
 where
-    F: FnOnce(
-        agora_proto::admin::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
-    ) -> Fut,
+    F: FnOnce(AdminServiceClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
 {
-    let admin = agora_proto::admin::admin_service_client::AdminServiceClient::new(
-        cluster.client().channel(on)?,
-    );
+    let admin = AdminServiceClient::new(cluster.client().channel(on)?);
     let reply = tokio::time::timeout(MEMBERSHIP_CALL_TIMEOUT, call(admin))
         .await
         .map_err(|_| {
@@ -268,6 +269,64 @@ async fn a_node_joins_from_a_snapshot_and_an_old_one_leaves() -> anyhow::Result<
         .put("two-voters", b"ok".to_vec(), request_id(CLIENT))
         .await?;
     assert_eq!(last.revision, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_snapshot_during_an_automatic_snapshot_still_builds_one() -> anyhow::Result<()> {
+    const SNAPSHOT_LOGS: u64 = 50;
+    let options = TestOptions {
+        snapshot_logs: Some(SNAPSHOT_LOGS),
+        ..TestOptions::default()
+    };
+    let cluster = TestCluster::start(1, options).await?;
+    let client = cluster.client();
+    // Several rounds: in each, the write that reaches the snapshot policy's
+    // threshold starts an automatic snapshot on the node; one more write
+    // moves the applied index past what it will cover, and TriggerSnapshot
+    // follows at once, while that build is most likely still running. It
+    // must still produce a snapshot covering everything applied before the
+    // call (a build takes well under a second; the call is given far more).
+    for round in 0..4 {
+        let mut index = 0;
+        let mut n = 0;
+        while index == 0 || index % SNAPSHOT_LOGS != SNAPSHOT_LOGS - 1 {
+            n += 1;
+            index = client
+                .put(
+                    format!("round-{round}-{n}"),
+                    b"v".to_vec(),
+                    request_id(CLIENT),
+                )
+                .await?
+                .index;
+        }
+        let past = client
+            .put(
+                format!("round-{round}-past"),
+                b"v".to_vec(),
+                request_id(CLIENT),
+            )
+            .await?
+            .index;
+        let reply = tokio::time::timeout(
+            TRIGGER_SNAPSHOT_TIMEOUT,
+            AdminServiceClient::new(client.channel(1)?).trigger_snapshot(TriggerSnapshotRequest {}),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "round {round}: TriggerSnapshot did not return within {TRIGGER_SNAPSHOT_TIMEOUT:?} (applied {past}, automatic snapshot at {index})"
+            )
+        })?
+        .map_err(|status| anyhow::anyhow!("round {round}: TriggerSnapshot failed: {status:?}"))?
+        .into_inner();
+        assert!(
+            reply.snapshot_index >= past,
+            "round {round}: the snapshot covers {} but {past} was applied before the call",
+            reply.snapshot_index
+        );
+    }
     Ok(())
 }
 

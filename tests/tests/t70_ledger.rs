@@ -102,6 +102,36 @@ fn expect_code<T: Debug>(
     }
 }
 
+/// Retries (same request id, same body) that did not answer as the first
+/// time, as sentences. A retry must return the first answer, index
+/// included; this is checked last, so that it does not hide the other
+/// checks.
+#[derive(Debug, Default)]
+struct RetryAnswers(Vec<String>);
+
+impl RetryAnswers {
+    /// Notes a retry that answered with another index.
+    fn check(&mut self, what: &str, first: u64, again: u64) {
+        if first != again {
+            self.0.push(format!(
+                "{what}: first answer at index {first}, retry answered {again}"
+            ));
+        }
+    }
+
+    /// The retry's answer, noting a refusal (the test then goes on with the
+    /// first answer).
+    fn answer<T>(&mut self, what: &str, again: Result<T, ClientError>) -> Option<T> {
+        match again {
+            Ok(answer) => Some(answer),
+            Err(err) => {
+                self.0.push(format!("{what}: the retry was refused: {err}"));
+                None
+            }
+        }
+    }
+}
+
 /// The operator's revenue on node `node` once it has applied `index`.
 async fn operator_cents(admin: &ClusterClient, node: u64, index: u64) -> anyhow::Result<i64> {
     wait_for(
@@ -363,6 +393,7 @@ fn json_u64(stdout: &str, field: &str) -> anyhow::Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ledger_end_to_end() -> anyhow::Result<()> {
     let test_started = Instant::now();
+    let mut mismatches = RetryAnswers::default();
     let mut cluster = TestCluster::start(3, TestOptions::default()).await?;
     let all = cluster.node_ids();
     let leader = cluster.wait_for_leader(None).await?;
@@ -447,7 +478,8 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let id = request_id("buyer");
     let first = ledger::withdraw(&buyer.client, 5_00, id.clone()).await?;
     let again = ledger::withdraw(&buyer.client, 5_00, id.clone()).await?;
-    assert_eq!((first.index, first.balance), (again.index, again.balance));
+    assert_eq!(first.balance, again.balance);
+    mismatches.check("a retried withdrawal", first.index, again.index);
     assert_eq!(first.balance, 95_00);
     expect_code(
         ledger::withdraw(&buyer.client, 6_00, id).await,
@@ -457,7 +489,7 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let id = new_request_id();
     let first = ledger::deposit(&admin, "buyer", 10_00, &id).await?;
     let again = ledger::deposit(&admin, "buyer", 10_00, &id).await?;
-    assert_eq!(first.index, again.index);
+    mismatches.check("a retried deposit", first.index, again.index);
     expect_code(
         ledger::deposit(&admin, "buyer", 11_00, &id).await,
         Code::AlreadyExists,
@@ -511,11 +543,14 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         assert_eq!(opened.state, "open");
         // Retried with its request id (as after a lost answer), the hold is
         // the same one, opened once.
-        let retried = ledger::open_hold(&admin, &hold, &open_id).await?;
-        assert_eq!(
-            (retried.hold_id, retried.index),
-            (opened.hold_id, opened.index)
-        );
+        let retried = ledger::open_hold(&admin, &hold, &open_id).await;
+        if let Some(retried) = mismatches.answer("a retried open hold", retried) {
+            assert_eq!(
+                retried.hold_id, opened.hold_id,
+                "a retried hold opened another"
+            );
+            mismatches.check("a retried open hold", opened.index, retried.index);
+        }
         let held = balance(&buyer).await?;
         assert_eq!(
             (held.balance, held.held, held.available),
@@ -529,10 +564,8 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
             (opened.hold_id, "posted")
         );
         let retried = ledger::post_hold(&admin, opened.hold_id, &post_id).await?;
-        assert_eq!(
-            retried.index, done.index,
-            "a retried post answers as the first"
-        );
+        assert_eq!(retried.state, "posted");
+        mismatches.check("a retried post", done.index, retried.index);
         let after = money(&buyer, &seller, &admin, leader, done.index).await?;
         let commission = price * u64::from(bps) / 10_000;
         assert_eq!(
@@ -676,6 +709,9 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     let admin_home = cluster.dir().join("admin-console");
     let (ok, _, err) = agora(&cluster_file, &peer_home, &["login", "seller"]).await?;
     assert!(ok, "agora login: {err}");
+    let (ok, out, err) = agora(&cluster_file, &peer_home, &["balance"]).await?;
+    assert!(ok && out.contains("available"), "agora balance: {out}{err}");
+    eprint!("agora balance:\n{out}");
     let (ok, out, err) = agora(&cluster_file, &peer_home, &["balance", "--json"]).await?;
     assert!(ok, "agora balance: {err}");
     let seller_cents = json_u64(&out, "available_cents")?;
@@ -703,6 +739,7 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         ok && out.contains("-0.50") && out.contains("withdrawal"),
         "agora history: {out}{err}"
     );
+    eprint!("agora history --kind withdrawal:\n{out}");
     let (ok, out, err) =
         agora_admin(&cluster_file, &admin_home, &["deposit", "seller", "2.50"]).await?;
     assert!(ok, "agora-admin deposit: {out}{err}");
@@ -821,11 +858,12 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
                     .map(|reply| reply.index)
             }
         };
-        assert_eq!(
-            again.ok(),
-            op.outcome.as_ref().ok().copied(),
-            "{op:?} sent again"
-        );
+        match (&op.outcome, again) {
+            (Ok(first), Ok(again)) => {
+                mismatches.check(&format!("{op:?} sent again"), *first, again);
+            }
+            (_, again) => anyhow::bail!("{op:?} sent again: {again:?}"),
+        }
     }
 
     // Every acknowledged operation is in the journal exactly once, at the
@@ -849,9 +887,10 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
             found.len()
         );
         if let (Ok(index), [entry]) = (&op.outcome, found) {
-            assert_eq!(
-                entry.log_index, *index,
-                "{op:?} acknowledged at another index than {entry:?}"
+            mismatches.check(
+                &format!("{op:?} (its journal entry is at the first index)"),
+                entry.log_index,
+                *index,
             );
             let sign = if op.kind == OpKind::Deposit { 1 } else { -1 };
             assert_eq!(entry.amount, sign * i64::try_from(op.amount)?, "{op:?}");
@@ -892,9 +931,16 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         ok && out.contains("ledger audit: clean on all 3 nodes at index"),
         "agora-admin audit: {out}{err}"
     );
+    eprint!("agora-admin audit:\n{out}");
     eprintln!(
         "[{:>5.1}s] all three nodes clean at {index} ({digest}); done",
         test_started.elapsed().as_secs_f64()
+    );
+    assert!(
+        mismatches.0.is_empty(),
+        "{} retries did not answer as the first time, among them:\n{}",
+        mismatches.0.len(),
+        mismatches.0[..mismatches.0.len().min(8)].join("\n")
     );
     Ok(())
 }

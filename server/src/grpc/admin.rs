@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use agora_proto::auth::canonical_username;
 
-use crate::auth::{now_ms, Session};
+use crate::auth::Session;
 use crate::error::WriteError;
 use crate::node::Node;
 use crate::node::{Applied, Freshness};
@@ -167,6 +167,20 @@ impl AdminApi {
             .ok_or_else(|| Status::not_found(format!("there is no user {canonical:?}")))
     }
 
+    /// Posts or voids a hold (`op` makes the command from the hold id).
+    async fn close_hold(
+        &self,
+        request: Request<CloseHoldRequest>,
+        op: impl FnOnce(i64) -> Op,
+    ) -> Result<Response<HoldReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let hold_id = i64::try_from(req.hold_id)
+            .map_err(|_| Status::invalid_argument("hold_id is out of range"))?;
+        hold_reply(self.write(key, op(hold_id)).await?)
+    }
+
     async fn write(&self, request: RequestKey, op: Op) -> Result<Applied, Status> {
         Ok(self
             .node
@@ -247,10 +261,9 @@ impl AdminService for AdminApi {
         } else {
             Duration::from_millis(req.ttl_ms)
         };
-        // The expiry is fixed here, from the proposer's clock, and travels in
-        // the command.
-        let expires_at_ms =
-            now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        // The expiry is counted from the command's (leader's) time when it
+        // applies, so a retry carries the same body.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let applied = self
             .write(
                 key,
@@ -258,7 +271,7 @@ impl AdminService for AdminApi {
                     user_id,
                     payee_user_id,
                     amount: req.amount,
-                    expires_at_ms,
+                    ttl_ms,
                     purchase_id: None,
                 },
             )
@@ -270,24 +283,16 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CloseHoldRequest>,
     ) -> Result<Response<HoldReply>, Status> {
-        let session = self.node.auth.require_admin(&request).await?;
-        let req = request.into_inner();
-        let key = admin_key(session.as_ref(), req.request_id)?;
-        let hold_id = i64::try_from(req.hold_id)
-            .map_err(|_| Status::invalid_argument("hold_id is out of range"))?;
-        hold_reply(self.write(key, Op::PostHold { hold_id }).await?)
+        self.close_hold(request, |hold_id| Op::PostHold { hold_id })
+            .await
     }
 
     async fn void_hold(
         &self,
         request: Request<CloseHoldRequest>,
     ) -> Result<Response<HoldReply>, Status> {
-        let session = self.node.auth.require_admin(&request).await?;
-        let req = request.into_inner();
-        let key = admin_key(session.as_ref(), req.request_id)?;
-        let hold_id = i64::try_from(req.hold_id)
-            .map_err(|_| Status::invalid_argument("hold_id is out of range"))?;
-        hold_reply(self.write(key, Op::VoidHold { hold_id }).await?)
+        self.close_hold(request, |hold_id| Op::VoidHold { hold_id })
+            .await
     }
 
     async fn audit(&self, request: Request<AuditRequest>) -> Result<Response<AuditReply>, Status> {

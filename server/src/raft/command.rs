@@ -100,8 +100,9 @@ pub enum Op {
         payee_user_id: u64,
         /// Cents.
         amount: u64,
-        /// When the timer voids it (leader's clock, Unix ms).
-        expires_at_ms: u64,
+        /// How long until the timer voids it, from the command's time
+        /// (so a retry of the same request has the same body).
+        ttl_ms: u64,
         /// The purchase it pays for, if any.
         purchase_id: Option<String>,
     },
@@ -185,6 +186,17 @@ pub enum Outcome {
     /// The command was refused; nothing changed (except that the refusal is
     /// remembered for its request id).
     Rejected(Rejection),
+}
+
+/// What one proposal of an entry produced, and the log index it was
+/// applied at: the entry's own, or for a retried request the index of its
+/// first application (so a retry returns the first answer whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// Log index the request was (first) applied at.
+    pub index: u64,
+    /// The outcome.
+    pub outcome: Outcome,
 }
 
 /// A deterministic refusal, decided while applying.
@@ -363,9 +375,10 @@ impl Op {
                 user_id,
                 payee_user_id,
                 amount,
-                expires_at_ms,
+                ttl_ms,
                 purchase_id,
             } => {
+                let expires_at_ms = ctx.time_ms.saturating_add(*ttl_ms);
                 let Some(mut buyer) = store::ledger::user_account(&mut *conn, *user_id).await?
                 else {
                     return Ok(no_account(*user_id));
@@ -383,7 +396,7 @@ impl Op {
                     payee: payee.id,
                     amount: *amount,
                     state: ledger::HoldState::Open,
-                    expires_at_ms: *expires_at_ms,
+                    expires_at_ms,
                 };
                 let hold_id =
                     store::ledger::insert_hold(conn, &hold, purchase_id.as_deref(), ctx.index)
@@ -392,7 +405,7 @@ impl Op {
                 Ok(Outcome::Hold {
                     hold_id,
                     state: "open".into(),
-                    expires_at_ms: *expires_at_ms,
+                    expires_at_ms,
                 })
             }
             Op::PostHold { hold_id } => close_hold(conn, ctx, *hold_id, true, "posted").await,
@@ -447,7 +460,7 @@ impl Command {
         &self,
         conn: &mut SqliteConnection,
         index: u64,
-    ) -> Result<Vec<Outcome>, sqlx::Error> {
+    ) -> Result<Vec<Answer>, sqlx::Error> {
         let ctx = ApplyContext {
             index,
             time_ms: self.time_ms,
@@ -462,13 +475,23 @@ impl Command {
         let mut outcomes = Vec::with_capacity(self.proposals.len());
         for proposal in &self.proposals {
             let Some(request) = &proposal.request else {
-                outcomes.push(proposal.op.apply(conn, ctx).await?);
+                outcomes.push(Answer {
+                    index,
+                    outcome: proposal.op.apply(conn, ctx).await?,
+                });
                 continue;
             };
             let hash = body_hash(&proposal.op);
-            let outcome = match seen.get(request) {
-                Some(earlier) if earlier.body_hash[..] == hash[..] => earlier.outcome.clone(),
-                Some(_) => Outcome::Rejected(Rejection::RequestIdReused(request.id.clone())),
+            let answer = match seen.get(request) {
+                // A retry: the first answer, with the index it was applied at.
+                Some(earlier) if earlier.body_hash[..] == hash[..] => Answer {
+                    index: earlier.log_index,
+                    outcome: earlier.outcome.clone(),
+                },
+                Some(_) => Answer {
+                    index,
+                    outcome: Outcome::Rejected(Rejection::RequestIdReused(request.id.clone())),
+                },
                 None => {
                     let outcome = proposal.op.apply(conn, ctx).await?;
                     seen.insert(
@@ -476,13 +499,14 @@ impl Command {
                         store::requests::SeenRequest {
                             body_hash: hash.to_vec(),
                             outcome: outcome.clone(),
+                            log_index: index,
                         },
                     );
                     fresh.push((request, hash, outcome.clone()));
-                    outcome
+                    Answer { index, outcome }
                 }
             };
-            outcomes.push(outcome);
+            outcomes.push(answer);
         }
         store::requests::insert_many(conn, &fresh, ctx).await?;
         Ok(outcomes)

@@ -11,7 +11,7 @@ pub mod state_machine;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Outcome, Proposal};
+pub use command::{Answer, Command, Outcome, Proposal};
 
 /// How a cluster member is reached. Stored in the replicated membership.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ openraft::declare_raft_types!(
     /// Agora's Raft type configuration.
     pub TypeConfig:
         D = Command,
-        R = Vec<Outcome>,
+        R = Vec<Answer>,
         NodeId = u64,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::sync::{watch, Mutex};
 
-use super::command::Outcome;
+use super::command::Answer;
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_io, TypeConfig};
 use crate::store::{self, meta};
@@ -179,7 +179,7 @@ async fn apply_entry(
     conn: &mut SqliteConnection,
     entry: &Entry,
     membership: &mut Option<StoredMembership>,
-) -> Result<Vec<Outcome>, sqlx::Error> {
+) -> Result<Vec<Answer>, sqlx::Error> {
     match &entry.payload {
         EntryPayload::Blank => Ok(Vec::new()),
         EntryPayload::Normal(command) => command.apply(conn, entry.log_id.index).await,
@@ -205,7 +205,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Outcome>>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Answer>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,

@@ -13,6 +13,8 @@ pub struct SeenRequest {
     pub body_hash: Vec<u8>,
     /// What it produced.
     pub outcome: Outcome,
+    /// The log index it was first applied at.
+    pub log_index: u64,
 }
 
 /// Rows per statement, well under SQLite's bound-variable limit.
@@ -29,21 +31,25 @@ pub async fn find_many(
     let mut found = HashMap::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
         let mut sql = String::from(
-            "SELECT client, request_id, body_hash, outcome FROM requests WHERE (client, request_id) IN (VALUES ",
+            "SELECT client, request_id, body_hash, outcome, log_index FROM requests WHERE (client, request_id) IN (VALUES ",
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(?,?)" } else { ",(?,?)" });
         }
         sql.push(')');
-        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>, Vec<u8>)>(&sql);
+        let mut query = sqlx::query_as::<_, (String, String, Vec<u8>, Vec<u8>, i64)>(&sql);
         for key in chunk {
             query = query.bind(&key.client).bind(&key.id);
         }
-        for (client, id, body_hash, outcome) in query.fetch_all(&mut *conn).await? {
+        for (client, id, body_hash, outcome, log_index) in query.fetch_all(&mut *conn).await? {
             let outcome = bincode::deserialize(&outcome).map_err(|e| sqlx::Error::Decode(e))?;
             found.insert(
                 RequestKey { client, id },
-                SeenRequest { body_hash, outcome },
+                SeenRequest {
+                    body_hash,
+                    outcome,
+                    log_index: super::to_u64(log_index),
+                },
             );
         }
     }
