@@ -97,7 +97,7 @@ mod tests {
         assert_eq!(format_amount(1250), "12.50");
         assert_eq!(format_amount(1), "0.01");
         assert_eq!(format_signed(-1250), "-12.50");
-        assert_eq!(parse_amount(&format_amount(123_45)), Ok(123_45));
+        assert_eq!(parse_amount(&format_amount(12_345)), Ok(12_345));
     }
 
     #[test]
