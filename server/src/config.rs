@@ -150,7 +150,8 @@ impl NodeConfig {
             max_payload_entries: self.max_payload_entries,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
-            purge_batch_size: 256,
+            // Purge as soon as the kept tail allows, in modest batches.
+            purge_batch_size: self.keep_logs.clamp(1, 256),
             replication_lag_threshold: self.snapshot_logs.saturating_mul(2),
             ..Default::default()
         };

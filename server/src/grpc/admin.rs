@@ -36,6 +36,10 @@ use crate::store;
 const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
 /// Longest `TriggerSnapshot` waits for the snapshot to exist.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+/// How long one snapshot trigger is given before it is repeated.
+const SNAPSHOT_RETRIGGER: Duration = Duration::from_secs(2);
+/// A learner further behind than this many entries is not promoted.
+const PROMOTE_MAX_LAG: u64 = 1000;
 /// Below this many voters a cluster cannot survive a crash.
 const SAFE_VOTERS: usize = 3;
 
@@ -409,14 +413,39 @@ impl AdminService for AdminApi {
         self.node.auth.require_admin(&request).await?;
         let (id, addr) = node_addr(request.into_inner().member)?;
         let node = &self.node;
-        match tokio::time::timeout(LEARNER_CATCH_UP, node.raft.add_learner(id, addr, true)).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
+        let not_caught_up = || {
+            Status::deadline_exceeded(format!(
                 "node {id} was added as a learner but has not caught up within {} s; check that it runs, its address, and that its certificate is from the cluster CA",
                 LEARNER_CATCH_UP.as_secs()
-            ))),
-            Ok(Ok(response)) => Ok(Response::new(membership_reply(&response, node))),
-            Ok(Err(e)) => Err(membership_error(node, e)),
-        }
+            ))
+        };
+        let response =
+            match tokio::time::timeout(LEARNER_CATCH_UP, node.raft.add_learner(id, addr, false))
+                .await
+            {
+                Err(_) => return Err(not_caught_up()),
+                Ok(Ok(response)) => response,
+                Ok(Err(e)) => return Err(membership_error(node, e)),
+            };
+        // openraft calls a learner caught up when it is within the lag
+        // threshold, which a node that never received anything can be on a
+        // young cluster; wait until it has really received the log up to its
+        // own membership entry.
+        let wanted = response.log_id.index;
+        node.raft
+            .wait(Some(LEARNER_CATCH_UP))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&id).copied().flatten())
+                        .is_some_and(|matched| matched.index >= wanted)
+                },
+                "learner caught up",
+            )
+            .await
+            .map_err(|_| not_caught_up())?;
+        Ok(Response::new(membership_reply(&response, node)))
     }
 
     async fn promote_voter(
@@ -426,6 +455,20 @@ impl AdminService for AdminApi {
         self.node.auth.require_admin(&request).await?;
         let id = request.into_inner().id;
         let node = &self.node;
+        let metrics = node.raft.metrics().borrow().clone();
+        if let Some(replication) = &metrics.replication {
+            let last = metrics.last_log_index.unwrap_or(0);
+            let matched = replication
+                .get(&id)
+                .copied()
+                .flatten()
+                .map_or(0, |l| l.index);
+            if matched.saturating_add(PROMOTE_MAX_LAG) < last {
+                return Err(Status::failed_precondition(format!(
+                    "node {id} has not caught up (it has {matched} of {last} log entries); promote it once it has"
+                )));
+            }
+        }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match node.raft.change_membership(change, false).await {
             Ok(response) => Ok(Response::new(membership_reply(&response, node))),
@@ -502,24 +545,35 @@ impl AdminService for AdminApi {
             .borrow()
             .last_applied
             .map_or(0, |l| l.index);
-        node.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot snapshot: {e}")))?;
-        let metrics = node
-            .raft
-            .wait(Some(SNAPSHOT_WAIT))
-            .metrics(
-                |m| m.snapshot.map_or(0, |l| l.index) >= applied,
-                "snapshot built",
-            )
-            .await
-            .map_err(|e| {
-                Status::deadline_exceeded(format!("the snapshot was not built in time: {e}"))
-            })?;
-        Ok(Response::new(TriggerSnapshotReply {
-            snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
-        }))
+        // openraft ignores a trigger while a snapshot is being built, and
+        // that one may cover less than `applied`: trigger again until a
+        // snapshot covers it.
+        let deadline = tokio::time::Instant::now() + SNAPSHOT_WAIT;
+        loop {
+            node.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| Status::unavailable(format!("cannot snapshot: {e}")))?;
+            let built = node
+                .raft
+                .wait(Some(SNAPSHOT_RETRIGGER))
+                .metrics(
+                    |m| m.snapshot.map_or(0, |l| l.index) >= applied,
+                    "snapshot built",
+                )
+                .await;
+            if let Ok(metrics) = built {
+                return Ok(Response::new(TriggerSnapshotReply {
+                    snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(format!(
+                    "no snapshot covering index {applied} was built within {} s",
+                    SNAPSHOT_WAIT.as_secs()
+                )));
+            }
+        }
     }
 }
