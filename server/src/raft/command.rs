@@ -509,6 +509,13 @@ impl Command {
             outcomes.push(answer);
         }
         store::requests::insert_many(conn, &fresh, ctx).await?;
+        if index % PRUNE_EVERY == 0 {
+            // Deterministic housekeeping: the same entries prune the same
+            // rows on every node.
+            let horizon = self.time_ms.saturating_sub(REQUEST_RETENTION_MS);
+            store::requests::prune(conn, horizon).await?;
+            store::accounts::prune_revoked(conn, self.time_ms).await?;
+        }
         Ok(outcomes)
     }
 }
@@ -599,6 +606,12 @@ async fn close_hold(
     })
 }
 
+/// How long the outcome of a request is remembered for retries: a retry
+/// later than this after the first attempt is treated as a new request.
+pub const REQUEST_RETENTION_MS: u64 = 24 * 3600 * 1000;
+/// Housekeeping runs on entries whose index is a multiple of this.
+const PRUNE_EVERY: u64 = 256;
+
 /// A stable fingerprint of an operation's body, to tell a retry from a
 /// different request that reuses an id.
 #[must_use]
@@ -624,6 +637,62 @@ mod tests {
         };
         assert_eq!(body_hash(&a), body_hash(&a.clone()));
         assert_ne!(body_hash(&a), body_hash(&b));
+    }
+
+    fn put(id: &str, value: &[u8]) -> Proposal {
+        Proposal {
+            request: Some(RequestKey {
+                client: "c".into(),
+                id: id.into(),
+            }),
+            op: Op::Put {
+                key: "k".into(),
+                value: value.to_vec(),
+            },
+        }
+    }
+
+    async fn apply(conn: &mut SqliteConnection, index: u64, time_ms: u64, p: Proposal) -> Answer {
+        let command = Command {
+            time_ms,
+            proposals: vec![p],
+        };
+        let mut answers = command.apply(conn, index).await.expect("applies");
+        answers.pop().expect("one answer")
+    }
+
+    #[tokio::test]
+    async fn retries_get_the_first_answer_until_the_retention_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut conn, _readers) = store::open_state(&dir.path().join("state.db"))
+            .await
+            .expect("db");
+        let first = apply(&mut conn, 10, 1_000, put("r1", b"a")).await;
+        assert_eq!(
+            first,
+            Answer {
+                index: 10,
+                outcome: Outcome::Put { revision: 1 }
+            }
+        );
+        // The same request later, even in the same batch: the first answer.
+        assert_eq!(apply(&mut conn, 11, 2_000, put("r1", b"a")).await, first);
+        // The same id with another body: refused, nothing applied.
+        let reused = apply(&mut conn, 12, 3_000, put("r1", b"b")).await;
+        assert!(matches!(
+            reused.outcome,
+            Outcome::Rejected(Rejection::RequestIdReused(_))
+        ));
+        assert_eq!(
+            apply(&mut conn, 13, 4_000, put("r2", b"c")).await.outcome,
+            Outcome::Put { revision: 2 }
+        );
+        // Past the retention, a prune (on an index multiple of PRUNE_EVERY)
+        // forgets r1: the same id is then a new request.
+        let later = 1_000 + REQUEST_RETENTION_MS + 1;
+        apply(&mut conn, PRUNE_EVERY, later, put("r3", b"d")).await;
+        let again = apply(&mut conn, PRUNE_EVERY + 1, later, put("r1", b"a")).await;
+        assert_eq!(again.outcome, Outcome::Put { revision: 4 });
     }
 
     #[test]

@@ -223,3 +223,16 @@ pub async fn is_revoked(
             .await?;
     Ok(row.is_some())
 }
+
+/// Forgets revocations of sessions that have expired anyway by `now_ms`.
+///
+/// # Errors
+/// Storage errors.
+pub async fn prune_revoked(conn: &mut SqliteConnection, now_ms: u64) -> Result<(), sqlx::Error> {
+    // An hour of slack, for nodes whose clocks run behind the leader's.
+    sqlx::query("DELETE FROM revoked_sessions WHERE expires_at_ms < ?1")
+        .bind(to_i64(now_ms.saturating_sub(3600 * 1000)))
+        .execute(conn)
+        .await?;
+    Ok(())
+}

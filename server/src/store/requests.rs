@@ -91,3 +91,22 @@ pub async fn insert_many(
     }
     Ok(())
 }
+
+/// Most rows one prune removes (the next prune takes the rest).
+const PRUNE_LIMIT: i64 = 10_000;
+
+/// Forgets requests applied before `horizon_ms` (leader's clock).
+///
+/// # Errors
+/// Storage errors.
+pub async fn prune(conn: &mut SqliteConnection, horizon_ms: u64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM requests WHERE (client, request_id) IN
+           (SELECT client, request_id FROM requests WHERE time_ms < ?1 ORDER BY time_ms LIMIT ?2)",
+    )
+    .bind(to_i64(horizon_ms))
+    .bind(PRUNE_LIMIT)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
