@@ -509,7 +509,7 @@ impl Command {
             outcomes.push(answer);
         }
         store::requests::insert_many(conn, &fresh, ctx).await?;
-        if index % PRUNE_EVERY == 0 {
+        if index.is_multiple_of(PRUNE_EVERY) {
             // Deterministic housekeeping: the same entries prune the same
             // rows on every node.
             let horizon = self.time_ms.saturating_sub(REQUEST_RETENTION_MS);
