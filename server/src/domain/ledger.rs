@@ -9,7 +9,7 @@
 //! comes in, so all balances always sum to zero. User balances never go
 //! negative, and `available = balance - held` never drops below zero.
 
-use agora_proto::amount::MAX_AMOUNT;
+use agora_proto::amount::{format_amount, format_signed, MAX_AMOUNT};
 use serde::{Deserialize, Serialize};
 
 /// A ledger account id.
@@ -140,7 +140,7 @@ pub enum LedgerError {
     #[error("the amount must be between 0.01 and 100000000000.00")]
     BadAmount,
     /// Not enough available money.
-    #[error("not enough money: {available} cents available, {wanted} needed")]
+    #[error("not enough money: {} available, {} needed", format_signed(*available), format_amount(*wanted))]
     Insufficient {
         /// Available cents.
         available: i64,
@@ -148,7 +148,7 @@ pub enum LedgerError {
         wanted: u64,
     },
     /// The hold was posted or voided before.
-    #[error("hold {id} is already {state}")]
+    #[error("hold {id} is already {state}; a hold is posted or voided only once")]
     HoldClosed {
         /// The hold.
         id: i64,
