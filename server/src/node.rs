@@ -127,7 +127,9 @@ impl Node {
     /// The leader's id and address as this node knows them.
     #[must_use]
     pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // On every write: borrow, do not clone the whole metrics.
+        let rx = self.raft.metrics();
+        let metrics = rx.borrow();
         let leader = metrics.current_leader?;
         let node = metrics
             .membership_config
