@@ -310,6 +310,13 @@ async fn replace_from(conn: &mut SqliteConnection, path: &Path) -> Result<(), sq
         .bind(&path)
         .execute(&mut *conn)
         .await?;
+    // Tables reference each other (journal and holds -> accounts). SQLite's
+    // deferred foreign-key counter does not forgive a child copied in before
+    // its parent, so checks are off while the tables are swapped and the
+    // finished state is checked as a whole before commit.
+    sqlx::query("PRAGMA foreign_keys = OFF")
+        .execute(&mut *conn)
+        .await?;
     let result = async {
         let mut tx = conn.begin().await?;
         let tables = store::replicated_tables(&mut tx, "main").await?;
@@ -317,15 +324,29 @@ async fn replace_from(conn: &mut SqliteConnection, path: &Path) -> Result<(), sq
             sqlx::query(&format!("DELETE FROM main.\"{table}\""))
                 .execute(&mut *tx)
                 .await?;
+        }
+        for table in &tables {
             sqlx::query(&format!(
                 "INSERT INTO main.\"{table}\" SELECT * FROM snap.\"{table}\""
             ))
             .execute(&mut *tx)
             .await?;
         }
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                .fetch_all(&mut *tx)
+                .await?;
+        if let Some((table,)) = broken.first() {
+            return Err(sqlx::Error::Protocol(format!(
+                "the snapshot breaks a foreign key in table {table}; it was not installed"
+            )));
+        }
         tx.commit().await
     }
     .await;
+    sqlx::query("PRAGMA foreign_keys = ON")
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("DETACH DATABASE snap")
         .execute(&mut *conn)
         .await?;
@@ -390,5 +411,60 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(file),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot with rows that reference each other (journal and holds
+    /// pointing at accounts) installs over a database that has other rows.
+    #[tokio::test]
+    async fn snapshot_install_replaces_related_tables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut source, _r1) = store::open_state(&dir.path().join("a.db"))
+            .await
+            .expect("a");
+        for sql in [
+            "INSERT INTO ledger_accounts (id, kind, user_id, balance) VALUES (3, 'user', 7, 500)",
+            "UPDATE ledger_accounts SET balance = -500 WHERE id = 1",
+            "INSERT INTO journal (debit, credit, amount, kind, log_index, time_ms) VALUES (1, 3, 500, 'deposit', 5, 1)",
+            "INSERT INTO holds (account, payee, amount, state, expires_at_ms, opened_index) VALUES (3, 1, 100, 'voided', 9, 6)",
+            "INSERT INTO kv (key, value, revision, log_index) VALUES ('k', x'01', 1, 4)",
+        ] {
+            sqlx::query(sql).execute(&mut source).await.expect(sql);
+        }
+        let copy = dir.path().join("copy.db");
+        sqlx::query("VACUUM INTO ?1")
+            .bind(copy.to_string_lossy().into_owned())
+            .execute(&mut source)
+            .await
+            .expect("vacuum");
+
+        let (mut target, _r2) = store::open_state(&dir.path().join("b.db"))
+            .await
+            .expect("b");
+        for sql in [
+            "INSERT INTO ledger_accounts (id, kind, user_id, balance) VALUES (4, 'user', 8, 0)",
+            "INSERT INTO holds (account, payee, amount, state, expires_at_ms, opened_index) VALUES (4, 2, 1, 'open', 1, 1)",
+            "INSERT INTO kv (key, value, revision, log_index) VALUES ('other', x'02', 3, 2)",
+        ] {
+            sqlx::query(sql).execute(&mut target).await.expect(sql);
+        }
+        replace_from(&mut target, &copy).await.expect("installs");
+
+        let a = store::digest::state_digest(&mut source)
+            .await
+            .expect("digest a");
+        let b = store::digest::state_digest(&mut target)
+            .await
+            .expect("digest b");
+        assert_eq!(a, b, "the installed state equals the snapshot's");
+        let (accounts,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger_accounts")
+            .fetch_one(&mut target)
+            .await
+            .expect("count");
+        assert_eq!(accounts, 3);
     }
 }
