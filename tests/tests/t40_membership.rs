@@ -108,6 +108,25 @@ async fn a_node_joins_from_a_snapshot_and_an_old_one_leaves() -> anyhow::Result<
     let leader = cluster.wait_for_leader(None).await?;
     let client = cluster.client();
 
+    // Ledger rows that reference each other (accounts, journal, a posted
+    // hold) must travel in the snapshot too.
+    for name in ["buyer", "seller"] {
+        agora_peer::account::register(&client, name, b"snapshot ledger pw", false).await?;
+    }
+    agora_peer::ledger::deposit(&client, "buyer", 10_000, "t40-deposit").await?;
+    let hold = agora_peer::ledger::open_hold(
+        &client,
+        &agora_peer::ledger::NewHold {
+            holder: "buyer".into(),
+            payee: "seller".into(),
+            amount: 2_500,
+            ttl: None,
+        },
+        "t40-hold",
+    )
+    .await?;
+    agora_peer::ledger::post_hold(&client, hold.hold_id, "t40-post").await?;
+
     // One log entry per write (no concurrency, so no batching).
     for n in 0..WRITES_BEFORE_JOIN {
         client
@@ -204,6 +223,16 @@ async fn a_node_joins_from_a_snapshot_and_an_old_one_leaves() -> anyhow::Result<
         );
         assert_eq!(read.revision, 1);
     }
+    let audit = agora_peer::ledger::audit_on(&client, newcomer).await?;
+    assert!(
+        audit.clean,
+        "the newcomer's ledger audit: {:?}",
+        audit.problems
+    );
+    assert_eq!(
+        audit.journal_entries, 3,
+        "deposit, sale, commission: {audit:?}"
+    );
     let all = cluster.node_ids();
     let digests = cluster.wait_same_applied(&all).await?;
     let distinct: BTreeSet<&str> = digests.values().map(|d| d.digest.as_str()).collect();
