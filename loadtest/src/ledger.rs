@@ -51,23 +51,7 @@ pub async fn run(args: LedgerArgs) -> anyhow::Result<()> {
             .context("registering the load-test users failed")?;
         names.push(name);
     }
-    let mut leader_id = 0;
-    for id in client.node_ids() {
-        if let Ok(status) = client
-            .admin(id)?
-            .status(agora_proto::admin::StatusRequest {})
-            .await
-        {
-            leader_id = status.into_inner().leader_id;
-            if leader_id != 0 {
-                break;
-            }
-        }
-    }
-    anyhow::ensure!(
-        leader_id != 0,
-        "no node reports a leader; is the cluster up?"
-    );
+    let leader_id = crate::cluster::leader_id(&client).await?;
     let leader = client.channel(leader_id)?;
     let ops = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

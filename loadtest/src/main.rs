@@ -1,6 +1,7 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod cluster;
 mod ledger;
 mod logins;
 mod writes;

@@ -8,17 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_proto::admin::admin_service_client::AdminServiceClient;
-use agora_proto::admin::StatusRequest;
-use agora_proto::cluster_file::ClusterFile;
+use agora_peer::ClusterClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::{PutRequest, RequestId};
-use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Mutex;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Channel;
 
 /// HTTP/2 connections to spread the clients over.
 const CONNECTIONS: usize = 4;
@@ -72,50 +69,6 @@ struct Percentiles {
     max: f64,
 }
 
-async fn connect(args: &WritesArgs) -> anyhow::Result<(ClusterFile, Vec<(u64, Vec<Channel>)>)> {
-    let text = std::fs::read_to_string(&args.cluster)
-        .with_context(|| format!("cannot read the cluster file {}", args.cluster.display()))?;
-    let file = ClusterFile::parse(&text)?;
-    let base = args.cluster.parent().map(PathBuf::from).unwrap_or_default();
-    let read = |p: &str| std::fs::read(base.join(p)).with_context(|| format!("cannot read {p}"));
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(read(&file.ca_cert)?))
-        .domain_name(file.server_name.clone());
-    if let (Some(c), Some(k)) = (&file.client_cert, &file.client_key) {
-        tls = tls.identity(Identity::from_pem(read(c)?, read(k)?));
-    }
-    let mut nodes = Vec::new();
-    for node in &file.nodes {
-        let mut channels = Vec::new();
-        for _ in 0..CONNECTIONS {
-            channels.push(
-                Endpoint::from_shared(format!("https://{}", node.api_addr))?
-                    .tls_config(tls.clone())?
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(3))
-                    .connect_lazy(),
-            );
-        }
-        nodes.push((node.id, channels));
-    }
-    Ok((file, nodes))
-}
-
-async fn find_leader(nodes: &[(u64, Vec<Channel>)]) -> anyhow::Result<u64> {
-    for (_, channels) in nodes {
-        if let Ok(s) = AdminServiceClient::new(channels[0].clone())
-            .status(StatusRequest {})
-            .await
-        {
-            let leader = s.into_inner().leader_id;
-            if leader != 0 {
-                return Ok(leader);
-            }
-        }
-    }
-    bail!("no node reports a leader; is the cluster up?")
-}
-
 /// A latency histogram of 1 µs .. 60 s at 3 significant digits.
 fn new_histogram() -> Histogram<u64> {
     // These bounds are valid constants, so creation cannot fail.
@@ -127,16 +80,26 @@ fn new_histogram() -> Histogram<u64> {
 /// # Errors
 /// When the cluster cannot be reached.
 pub async fn run(args: WritesArgs) -> anyhow::Result<()> {
-    let (_file, nodes) = connect(&args).await?;
+    // One client per connection: each ClusterClient keeps one HTTP/2
+    // channel per node.
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(ClusterClient::load(&args.cluster)?);
+    }
     let targets: Vec<Channel> = if args.any_node {
-        nodes.iter().flat_map(|(_, c)| c.clone()).collect()
+        let mut all = Vec::new();
+        for client in &clients {
+            for id in client.node_ids() {
+                all.push(client.channel(id)?);
+            }
+        }
+        all
     } else {
-        let leader = find_leader(&nodes).await?;
-        nodes
+        let leader = crate::cluster::leader_id(&clients[0]).await?;
+        clients
             .iter()
-            .find(|(id, _)| *id == leader)
-            .map(|(_, c)| c.clone())
-            .context("the leader is not in the cluster file")?
+            .map(|c| c.channel(leader))
+            .collect::<Result<_, _>>()?
     };
     let value = vec![b'x'; args.value_bytes];
     let run_id = uuid::Uuid::new_v4().to_string();

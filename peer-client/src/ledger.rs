@@ -328,14 +328,7 @@ pub async fn post_hold(
     hold_id: u64,
     request_id: &str,
 ) -> Result<HoldReply, ClientError> {
-    let request = CloseHoldRequest {
-        request_id: admin_id(request_id),
-        hold_id,
-    };
-    admin_write(client, &request, |mut admin, request| async move {
-        admin.post_hold(request).await
-    })
-    .await
+    close_hold(client, hold_id, request_id, true).await
 }
 
 /// Voids hold `hold_id` (admin): the money is released, nothing moves.
@@ -347,12 +340,26 @@ pub async fn void_hold(
     hold_id: u64,
     request_id: &str,
 ) -> Result<HoldReply, ClientError> {
+    close_hold(client, hold_id, request_id, false).await
+}
+
+/// Posts (`post`) or voids hold `hold_id`.
+async fn close_hold(
+    client: &ClusterClient,
+    hold_id: u64,
+    request_id: &str,
+    post: bool,
+) -> Result<HoldReply, ClientError> {
     let request = CloseHoldRequest {
         request_id: admin_id(request_id),
         hold_id,
     };
     admin_write(client, &request, |mut admin, request| async move {
-        admin.void_hold(request).await
+        if post {
+            admin.post_hold(request).await
+        } else {
+            admin.void_hold(request).await
+        }
     })
     .await
 }

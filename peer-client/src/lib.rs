@@ -25,6 +25,7 @@ pub mod local;
 pub mod password;
 mod request_id;
 mod retry;
+pub mod table;
 mod tls;
 
 pub use account::{Account, Session, SessionInfo};

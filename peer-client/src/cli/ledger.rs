@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::cli::account::Peer;
-use crate::cli::table::Table;
+use agora_peer::table::Table;
 
 /// `agora balance`.
 pub async fn balance(peer: &Peer) -> anyhow::Result<()> {

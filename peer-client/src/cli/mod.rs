@@ -3,4 +3,3 @@
 
 pub mod account;
 pub mod ledger;
-pub mod table;

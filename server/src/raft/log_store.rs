@@ -69,10 +69,10 @@ enum WriteOp {
     },
     Truncate(u64),
     Purge(LogId),
-    Meta {
-        key: &'static str,
+    /// A vote (bincode), answered once it is on disk.
+    SaveVote {
         value: Vec<u8>,
-        done: Option<oneshot::Sender<Result<(), String>>>,
+        done: oneshot::Sender<Result<(), String>>,
     },
 }
 
@@ -186,28 +186,6 @@ impl LogStore {
             .send(op)
             .map_err(|_| write_err(&std::io::Error::other("the raft log writer has stopped")))
     }
-
-    async fn save_meta(
-        &self,
-        key: &'static str,
-        value: &impl serde::Serialize,
-        wait: bool,
-    ) -> Result<(), StorageError> {
-        let value = bincode::serialize(value).map_err(|e| write_err(&e))?;
-        let (done, rx) = if wait {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        self.send(WriteOp::Meta { key, value, done })?;
-        if let Some(rx) = rx {
-            rx.await
-                .map_err(|_| write_err(&std::io::Error::other("the raft log writer has stopped")))?
-                .map_err(|e| write_err(&std::io::Error::other(e)))?;
-        }
-        Ok(())
-    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -244,7 +222,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.write_mirror(|m| m.vote = Some(*vote));
         // A vote must be on disk before the node acts on it.
-        self.save_meta(VOTE, &Some(*vote), true).await
+        let value = bincode::serialize(&Some(*vote)).map_err(|e| write_err(&e))?;
+        let (done, rx) = oneshot::channel();
+        self.send(WriteOp::SaveVote { value, done })?;
+        rx.await
+            .map_err(|_| write_err(&std::io::Error::other("the raft log writer has stopped")))?
+            .map_err(|e| write_err(&std::io::Error::other(e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
@@ -341,9 +324,7 @@ async fn run_writer(
                         .copied()
                         .map_err(|e| std::io::Error::other(e.to_string())),
                 ),
-                WriteOp::Meta {
-                    done: Some(done), ..
-                } => {
+                WriteOp::SaveVote { done, .. } => {
                     let _ = done.send(result.as_ref().copied().map_err(ToString::to_string));
                 }
                 _ => {}
@@ -408,7 +389,7 @@ async fn write_batch(
                 let value = bincode::serialize(&Some(*upto)).map_err(|e| sqlx::Error::Encode(e))?;
                 upsert_meta(&mut tx, LAST_PURGED, &value).await?;
             }
-            WriteOp::Meta { key, value, .. } => upsert_meta(&mut tx, key, value).await?,
+            WriteOp::SaveVote { value, .. } => upsert_meta(&mut tx, VOTE, value).await?,
         }
     }
     tx.commit().await

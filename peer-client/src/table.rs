@@ -12,6 +12,7 @@ pub struct Table {
 
 impl Table {
     /// A table with these column headers.
+    #[must_use]
     pub fn new(headers: &[&str]) -> Self {
         Self {
             rows: vec![headers.iter().map(|h| (*h).to_owned()).collect()],
@@ -20,6 +21,7 @@ impl Table {
     }
 
     /// Aligns column `column` (from 0) to the right.
+    #[must_use]
     pub fn align_right(mut self, column: usize) -> Self {
         self.right.push(column);
         self
@@ -31,6 +33,7 @@ impl Table {
     }
 
     /// The table as text, one line per row, each ending in a newline.
+    #[must_use]
     pub fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
@@ -70,6 +73,14 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligns_columns() {
+        let mut table = Table::new(&["ID", "ROLE"]);
+        table.row(vec!["1".into(), "leader".into()]);
+        table.row(vec!["10".into(), "follower".into()]);
+        assert_eq!(table.render(), "ID  ROLE\n1   leader\n10  follower\n");
+    }
 
     #[test]
     fn aligns_amounts_to_the_right() {
