@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub load_test_ksf: bool,
     /// How long a login session lasts, in seconds.
     pub session_ttl_secs: u64,
+    /// How long a seller's presence lease lasts without renewal, in
+    /// milliseconds (sellers renew at half of it).
+    pub presence_lease_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -87,6 +90,7 @@ impl NodeConfig {
             log_json: false,
             load_test_ksf: false,
             session_ttl_secs: 12 * 3600,
+            presence_lease_ms: 120_000,
         }
     }
 
@@ -113,6 +117,11 @@ impl NodeConfig {
         if self.session_ttl_secs == 0 {
             return Err(ConfigError::Invalid(
                 "session-ttl-secs must be 1 or more".into(),
+            ));
+        }
+        if self.presence_lease_ms < 1000 {
+            return Err(ConfigError::Invalid(
+                "presence-lease-ms must be 1000 or more".into(),
             ));
         }
         if self.snapshot_logs == 0 || self.max_payload_entries == 0 {
@@ -248,6 +257,10 @@ pub struct NodeArgs {
     /// How long a login session lasts, in seconds [default: 43200 = 12 h].
     #[arg(long, env = "AGORA_SESSION_TTL_SECS")]
     pub session_ttl_secs: Option<u64>,
+    /// How long a seller's presence lease lasts without renewal, in
+    /// milliseconds [default: 120000].
+    #[arg(long, env = "AGORA_PRESENCE_LEASE_MS")]
+    pub presence_lease_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -283,7 +296,8 @@ impl NodeArgs {
             snapshot_logs,
             keep_logs,
             max_payload_entries,
-            session_ttl_secs
+            session_ttl_secs,
+            presence_lease_ms
         );
         if self.advertise_api.is_some() {
             config.advertise_api.clone_from(&self.advertise_api);

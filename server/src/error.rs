@@ -69,6 +69,7 @@ fn rejection_status(r: &Rejection) -> Status {
         Rejection::NotReady(_) => Status::unavailable(r.to_string()),
         Rejection::FailedPrecondition(_) => Status::failed_precondition(r.to_string()),
         Rejection::NotFound(_) => Status::not_found(r.to_string()),
+        Rejection::PermissionDenied(_) => Status::permission_denied(r.to_string()),
     }
 }
 

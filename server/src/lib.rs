@@ -6,6 +6,7 @@
 //! - [`store`]: sqlx queries against the state database.
 //! - [`grpc`]: one file per service, thin handlers.
 //! - [`node`]: the write and read paths every service uses.
+//! - [`presence`]: the leader's in-memory lease table of selling peers.
 //! - [`server`]: starting and stopping a node on given listeners.
 
 pub mod auth;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod grpc;
 pub mod node;
 pub mod observability;
+pub mod presence;
 pub mod raft;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use agora_proto::admin::admin_service_server::AdminServiceServer;
 use agora_proto::market::account_service_server::AccountServiceServer;
+use agora_proto::market::catalogue_service_server::CatalogueServiceServer;
 use agora_proto::market::kv_service_server::KvServiceServer;
 use agora_proto::market::ledger_service_server::LedgerServiceServer;
 use agora_proto::raft::raft_service_server::RaftServiceServer;
@@ -22,6 +23,7 @@ use tonic::transport::Server;
 use crate::config::{ConfigError, NodeConfig};
 use crate::grpc::account::AccountApi;
 use crate::grpc::admin::AdminApi;
+use crate::grpc::catalogue::CatalogueApi;
 use crate::grpc::kv::KvApi;
 use crate::grpc::ledger::LedgerApi;
 use crate::grpc::raft::RaftApi;
@@ -29,6 +31,7 @@ use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
 use crate::node::Node;
 use crate::observability;
+use crate::presence::{self, Leases};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerChannels, MAX_RAFT_MESSAGE_BYTES};
 use crate::raft::state_machine::StateMachine;
@@ -149,6 +152,8 @@ pub async fn run(
         node.clone(),
         config.load_test_ksf,
     ));
+    let leases = Leases::new(std::time::Duration::from_millis(config.presence_lease_ms));
+    tokio::spawn(presence::run_lease_keeper(node.clone(), leases.clone()));
     tokio::spawn(observability::export_raft_metrics(
         raft.clone(),
         move || log.committed_index(),
@@ -167,6 +172,9 @@ pub async fn run(
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     health
         .set_serving::<AccountServiceServer<AccountApi>>()
+        .await;
+    health
+        .set_serving::<CatalogueServiceServer<CatalogueApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
@@ -195,6 +203,10 @@ pub async fn run(
         )
         .add_service(
             LedgerServiceServer::new(LedgerApi::new(node.clone()))
+                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+        )
+        .add_service(
+            CatalogueServiceServer::new(CatalogueApi::new(node.clone(), leases))
                 .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());

@@ -1,5 +1,6 @@
 //! Domain rules as plain Rust: no tonic, no sqlx, no clock.
 
 pub mod accounts;
+pub mod catalogue;
 pub mod kv;
 pub mod ledger;

@@ -13,8 +13,8 @@ use agora_proto::admin::{
     StatusRequest, TriggerSnapshotReply, TriggerSnapshotRequest,
 };
 use agora_proto::admin::{
-    AdminRequestId, AuditReply, AuditRequest, CloseHoldRequest, DepositRequest, HoldReply,
-    LedgerWriteReply, OpenHoldRequest, SetCommissionRequest,
+    AddTopicRequest, AdminRequestId, AuditReply, AuditRequest, CloseHoldRequest, DepositRequest,
+    HoldReply, LedgerWriteReply, OpenHoldRequest, RemoveTopicRequest, SetCommissionRequest,
 };
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use agora_proto::auth::canonical_username;
 
 use crate::auth::Session;
+use crate::domain::catalogue;
 use crate::error::WriteError;
 use crate::node::Node;
 use crate::node::{Applied, Freshness};
@@ -246,6 +247,36 @@ impl AdminService for AdminApi {
         let req = request.into_inner();
         let key = admin_key(session.as_ref(), req.request_id)?;
         let applied = self.write(key, Op::SetCommission { bps: req.bps }).await?;
+        Ok(Response::new(LedgerWriteReply {
+            index: applied.index,
+        }))
+    }
+
+    async fn add_topic(
+        &self,
+        request: Request<AddTopicRequest>,
+    ) -> Result<Response<LedgerWriteReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let name = catalogue::topic_name(&req.name).map_err(Status::invalid_argument)?;
+        let description =
+            catalogue::topic_description(&req.description).map_err(Status::invalid_argument)?;
+        let applied = self.write(key, Op::AddTopic { name, description }).await?;
+        Ok(Response::new(LedgerWriteReply {
+            index: applied.index,
+        }))
+    }
+
+    async fn remove_topic(
+        &self,
+        request: Request<RemoveTopicRequest>,
+    ) -> Result<Response<LedgerWriteReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let name = catalogue::topic_name(&req.name).map_err(Status::invalid_argument)?;
+        let applied = self.write(key, Op::RemoveTopic { name }).await?;
         Ok(Response::new(LedgerWriteReply {
             index: applied.index,
         }))

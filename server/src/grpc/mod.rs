@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod admin;
+pub mod catalogue;
 pub mod kv;
 pub mod ledger;
 pub mod raft;

@@ -18,6 +18,9 @@ use agora_proto::auth::{KsfParams, Role};
 
 use agora_proto::amount::MAX_AMOUNT;
 
+use std::collections::BTreeMap;
+
+use crate::domain::catalogue::{self, FileFacts, ListingText};
 use crate::domain::ledger::{self, LedgerError};
 use crate::domain::{accounts, kv};
 use crate::store;
@@ -141,6 +144,118 @@ pub enum Op {
         /// Value (at most 64 KiB).
         value: Vec<u8>,
     },
+    // New variants go last: entries in existing logs are bincode with the
+    // variant's position.
+    /// Put a file up for sale.
+    Publish {
+        /// The seller (from the session).
+        seller_id: u64,
+        /// Title, description, topic, tags, attributes (normalized).
+        text: ListingText,
+        /// Size, chunking and plaintext Merkle root.
+        facts: FileFacts,
+        /// Cents; 0 = free.
+        price: u64,
+    },
+    /// Change what a listing says; only the fields given.
+    EditListing {
+        /// The listing.
+        listing_id: u64,
+        /// Who asks (the seller or an admin).
+        actor: Actor,
+        /// The changes.
+        edit: ListingEdit,
+    },
+    /// Change a listing's price.
+    Reprice {
+        /// The listing.
+        listing_id: u64,
+        /// Who asks.
+        actor: Actor,
+        /// New price in cents.
+        price: u64,
+    },
+    /// Take a listing off sale.
+    Unpublish {
+        /// The listing.
+        listing_id: u64,
+        /// Who asks.
+        actor: Actor,
+    },
+    /// Add a topic or change its description.
+    AddTopic {
+        /// Normalized name.
+        name: String,
+        /// Description.
+        description: String,
+    },
+    /// Remove a topic no listing uses.
+    RemoveTopic {
+        /// Name.
+        name: String,
+    },
+    /// A seller came online at an endpoint (`Some`) or went offline.
+    SetPresence {
+        /// The seller.
+        user_id: u64,
+        /// Where it serves files, or `None` for offline.
+        endpoint: Option<String>,
+    },
+    /// Sellers whose presence lease lapsed on the leader: offline, unless
+    /// their presence changed after the index the lease stood for.
+    LapsePresence {
+        /// (seller, index of the presence change the lapsed lease stood for).
+        lapses: Vec<(u64, u64)>,
+    },
+}
+
+/// Who asks for a change to a listing. The session's claims, checked by
+/// the proposer; apply checks that the actor may touch the listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The caller's user id.
+    pub user_id: u64,
+    /// The caller is an admin (may change anyone's listing).
+    pub admin: bool,
+}
+
+/// The fields an edit changes; `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingEdit {
+    /// New title.
+    pub title: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// New topic.
+    pub topic: Option<String>,
+    /// New tags.
+    pub tags: Option<Vec<String>>,
+    /// New attributes.
+    pub attributes: Option<BTreeMap<String, String>>,
+}
+
+impl ListingEdit {
+    fn is_empty(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The listing's text after the edit, normalized.
+    fn applied_to(&self, current: &ListingText) -> Result<ListingText, String> {
+        ListingText {
+            title: self.title.clone().unwrap_or_else(|| current.title.clone()),
+            description: self
+                .description
+                .clone()
+                .unwrap_or_else(|| current.description.clone()),
+            topic: self.topic.clone().unwrap_or_else(|| current.topic.clone()),
+            tags: self.tags.clone().unwrap_or_else(|| current.tags.clone()),
+            attributes: self
+                .attributes
+                .clone()
+                .unwrap_or_else(|| current.attributes.clone()),
+        }
+        .normalized()
+    }
 }
 
 /// What applying a command produced. Identical on every node.
@@ -186,6 +301,16 @@ pub enum Outcome {
     /// The command was refused; nothing changed (except that the refusal is
     /// remembered for its request id).
     Rejected(Rejection),
+    /// A listing was published or changed.
+    Listing {
+        /// Its id.
+        listing_id: u64,
+    },
+    /// Presence changed.
+    Presence {
+        /// Sellers whose state changed.
+        changed: u64,
+    },
 }
 
 /// What one proposal of an entry produced, and the log index it was
@@ -220,6 +345,9 @@ pub enum Rejection {
     /// Something it names does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<LedgerError> for Rejection {
@@ -296,6 +424,54 @@ impl Op {
             Op::SetCommission { bps } => {
                 if *bps > ledger::MAX_BPS {
                     return Err(LedgerError::BadCommission(*bps).into());
+                }
+                Ok(())
+            }
+            Op::Publish {
+                text, facts, price, ..
+            } => {
+                normalized(text)?;
+                facts.validate().map_err(Rejection::Invalid)?;
+                catalogue::price(*price).map_err(Rejection::Invalid)?;
+                Ok(())
+            }
+            Op::EditListing { edit, .. } => {
+                if edit.is_empty() {
+                    return Err(Rejection::Invalid(
+                        "the edit changes nothing; give at least one field".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Op::Reprice { price, .. } => {
+                catalogue::price(*price).map_err(Rejection::Invalid)?;
+                Ok(())
+            }
+            Op::Unpublish { .. } => Ok(()),
+            Op::AddTopic { name, description } => {
+                if catalogue::topic_name(name).map_err(Rejection::Invalid)? != *name
+                    || catalogue::topic_description(description).map_err(Rejection::Invalid)?
+                        != *description
+                {
+                    return Err(Rejection::Invalid("the topic is not normalized".into()));
+                }
+                Ok(())
+            }
+            Op::RemoveTopic { name } => {
+                catalogue::topic_name(name).map_err(Rejection::Invalid)?;
+                Ok(())
+            }
+            Op::SetPresence { endpoint, .. } => {
+                if let Some(e) = endpoint {
+                    catalogue::endpoint(e).map_err(Rejection::Invalid)?;
+                }
+                Ok(())
+            }
+            Op::LapsePresence { lapses } => {
+                if lapses.len() > MAX_LAPSES {
+                    return Err(Rejection::Invalid(format!(
+                        "at most {MAX_LAPSES} lapses per command"
+                    )));
                 }
                 Ok(())
             }
@@ -426,6 +602,143 @@ impl Op {
                 store::ledger::set_commission_bps(conn, *bps).await?;
                 Ok(Outcome::SettingChanged)
             }
+            Op::Publish {
+                seller_id,
+                text,
+                facts,
+                price,
+            } => {
+                match store::catalogue::user_suspended(&mut *conn, *seller_id).await? {
+                    None => return Ok(no_user(*seller_id)),
+                    Some(true) => {
+                        return Ok(Outcome::Rejected(Rejection::FailedPrecondition(
+                            "your account is suspended; you cannot publish".into(),
+                        )))
+                    }
+                    Some(false) => {}
+                }
+                if let Some(rejected) = missing_topic(conn, &text.topic).await? {
+                    return Ok(rejected);
+                }
+                let listing_id = store::catalogue::insert_listing(
+                    conn,
+                    *seller_id,
+                    text,
+                    facts,
+                    *price,
+                    ctx.index,
+                    ctx.time_ms,
+                )
+                .await?;
+                Ok(Outcome::Listing { listing_id })
+            }
+            Op::EditListing {
+                listing_id,
+                actor,
+                edit,
+            } => {
+                if let Some(rejected) = check_actor(conn, *listing_id, *actor, true).await? {
+                    return Ok(rejected);
+                }
+                let Some(current) = store::catalogue::listing(&mut *conn, *listing_id).await?
+                else {
+                    return Ok(no_listing(*listing_id));
+                };
+                let text = match edit.applied_to(&current.text) {
+                    Ok(t) => t,
+                    Err(e) => return Ok(Outcome::Rejected(Rejection::Invalid(e))),
+                };
+                if text.topic != current.text.topic {
+                    if let Some(rejected) = missing_topic(conn, &text.topic).await? {
+                        return Ok(rejected);
+                    }
+                }
+                store::catalogue::update_text(conn, *listing_id, &text, ctx.index, ctx.time_ms)
+                    .await?;
+                Ok(Outcome::Listing {
+                    listing_id: *listing_id,
+                })
+            }
+            Op::Reprice {
+                listing_id,
+                actor,
+                price,
+            } => {
+                if let Some(rejected) = check_actor(conn, *listing_id, *actor, true).await? {
+                    return Ok(rejected);
+                }
+                store::catalogue::set_price(conn, *listing_id, *price, ctx.index, ctx.time_ms)
+                    .await?;
+                Ok(Outcome::Listing {
+                    listing_id: *listing_id,
+                })
+            }
+            Op::Unpublish { listing_id, actor } => {
+                if let Some(rejected) = check_actor(conn, *listing_id, *actor, false).await? {
+                    return Ok(rejected);
+                }
+                store::catalogue::deactivate(conn, *listing_id, ctx.index, ctx.time_ms).await?;
+                Ok(Outcome::Listing {
+                    listing_id: *listing_id,
+                })
+            }
+            Op::AddTopic { name, description } => {
+                store::catalogue::upsert_topic(conn, name, description, ctx.time_ms).await?;
+                Ok(Outcome::SettingChanged)
+            }
+            Op::RemoveTopic { name } => {
+                if name == catalogue::DEFAULT_TOPIC {
+                    return Ok(Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                        "the topic {name:?} is where listings without a topic go; it cannot be removed"
+                    ))));
+                }
+                let used = store::catalogue::listings_in_topic(&mut *conn, name).await?;
+                if used > 0 {
+                    return Ok(Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                        "{used} listing(s) are filed under {name:?}; move them to another topic first"
+                    ))));
+                }
+                if !store::catalogue::delete_topic(conn, name).await? {
+                    return Ok(Outcome::Rejected(Rejection::NotFound(format!(
+                        "there is no topic {name:?}"
+                    ))));
+                }
+                Ok(Outcome::SettingChanged)
+            }
+            Op::SetPresence { user_id, endpoint } => {
+                if store::catalogue::user_suspended(&mut *conn, *user_id)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(no_user(*user_id));
+                }
+                store::catalogue::set_presence(
+                    conn,
+                    *user_id,
+                    endpoint.as_deref(),
+                    ctx.index,
+                    ctx.time_ms,
+                )
+                .await?;
+                Ok(Outcome::Presence { changed: 1 })
+            }
+            Op::LapsePresence { lapses } => {
+                let mut changed = 0;
+                for (user_id, since_index) in lapses {
+                    if store::catalogue::lapse_presence(
+                        conn,
+                        *user_id,
+                        *since_index,
+                        ctx.index,
+                        ctx.time_ms,
+                    )
+                    .await?
+                    {
+                        changed += 1;
+                    }
+                }
+                Ok(Outcome::Presence { changed })
+            }
             Op::RevokeSession {
                 session_id,
                 user_id,
@@ -518,6 +831,69 @@ impl Command {
         }
         Ok(outcomes)
     }
+}
+
+/// Most sellers one `LapsePresence` takes offline.
+pub const MAX_LAPSES: usize = 10_000;
+
+/// Checks that listing text arrives as the proposer must send it.
+fn normalized(text: &ListingText) -> Result<(), Rejection> {
+    let n = text.clone().normalized().map_err(Rejection::Invalid)?;
+    if n != *text {
+        return Err(Rejection::Invalid(
+            "the listing text is not normalized".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn no_user(user_id: u64) -> Outcome {
+    Outcome::Rejected(Rejection::NotFound(format!("there is no user {user_id}")))
+}
+
+fn no_listing(listing_id: u64) -> Outcome {
+    Outcome::Rejected(Rejection::NotFound(format!(
+        "there is no listing {listing_id}"
+    )))
+}
+
+/// A refusal when `topic` does not exist.
+async fn missing_topic(
+    conn: &mut SqliteConnection,
+    topic: &str,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    Ok(
+        (!store::catalogue::topic_exists(&mut *conn, topic).await?).then(|| {
+            Outcome::Rejected(Rejection::NotFound(format!(
+                "there is no topic {topic:?}; `agora topics` lists them"
+            )))
+        }),
+    )
+}
+
+/// A refusal unless `actor` may change the listing (its seller, or an
+/// admin) and, when `must_be_active`, it is still on sale.
+async fn check_actor(
+    conn: &mut SqliteConnection,
+    listing_id: u64,
+    actor: Actor,
+    must_be_active: bool,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    let Some((seller, active)) = store::catalogue::listing_owner(&mut *conn, listing_id).await?
+    else {
+        return Ok(Some(no_listing(listing_id)));
+    };
+    if seller != actor.user_id && !actor.admin {
+        return Ok(Some(Outcome::Rejected(Rejection::PermissionDenied(
+            format!("listing {listing_id} is not yours; only its seller or an admin can change it"),
+        ))));
+    }
+    if must_be_active && !active {
+        return Ok(Some(Outcome::Rejected(Rejection::FailedPrecondition(
+            format!("listing {listing_id} is unpublished; it cannot change any more"),
+        ))));
+    }
+    Ok(None)
 }
 
 fn no_account(user_id: u64) -> Outcome {

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod catalogue;
 pub mod digest;
 pub mod kv;
 pub mod ledger;
