@@ -19,7 +19,7 @@ use crate::commands::Command;
 use crate::console::Console;
 
 /// Operate an Agora cluster: status, membership, digests, snapshots, the
-/// ledger (deposits, commission, holds, audit).
+/// ledger (deposits, commission, holds, audit), catalogue topics.
 #[derive(Debug, Parser)]
 #[command(name = "agora-admin", version, about)]
 struct Cli {

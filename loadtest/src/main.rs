@@ -1,6 +1,7 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod catalogue;
 mod cluster;
 mod ledger;
 mod logins;
@@ -26,6 +27,8 @@ enum Command {
     Logins(logins::LoginsArgs),
     /// Ledger writes per second (deposits, holds, posts).
     Ledger(ledger::LedgerArgs),
+    /// Publish a synthetic catalogue, then search it on the followers.
+    Catalogue(catalogue::CatalogueArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
             Command::Writes(args) => writes::run(args).await,
             Command::Logins(args) => logins::run(args).await,
             Command::Ledger(args) => ledger::run(args).await,
+            Command::Catalogue(args) => catalogue::run(args).await,
         }
     });
     match result {

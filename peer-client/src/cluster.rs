@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 use agora_proto::admin::admin_service_client::AdminServiceClient;
 use agora_proto::cluster_file::ClusterFile;
 use agora_proto::market::account_service_client::AccountServiceClient;
+use agora_proto::market::catalogue_service_client::CatalogueServiceClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::ledger_service_client::LedgerServiceClient;
 use agora_proto::market::{GetReply, GetRequest, PutReply, PutRequest, ReadConsistency, RequestId};
+use rand::seq::SliceRandom as _;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
@@ -34,6 +36,11 @@ pub type AccountClient = AccountServiceClient<InterceptedService<Channel, Sessio
 /// A ledger client whose calls carry the [`ClusterClient`]'s session
 /// token, if it has one.
 pub type LedgerClient = LedgerServiceClient<InterceptedService<Channel, SessionAuth>>;
+
+/// A catalogue client whose calls carry the [`ClusterClient`]'s session
+/// token, if it has one (publishing and the seller's own listings need
+/// one; search does not).
+pub type CatalogueClient = CatalogueServiceClient<InterceptedService<Channel, SessionAuth>>;
 
 /// How long opening a TCP + TLS connection to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -297,6 +304,22 @@ impl ClusterClient {
         LedgerServiceClient::with_interceptor(channel, self.auth.clone())
     }
 
+    /// A catalogue client for node `id`, over the cached channel, carrying
+    /// this client's session token.
+    ///
+    /// # Errors
+    /// [`ClientError::UnknownNode`] when the client does not know `id`.
+    pub fn catalogue(&self, id: u64) -> Result<CatalogueClient, ClientError> {
+        self.channel(id).map(|channel| self.catalogue_on(channel))
+    }
+
+    /// A catalogue client over `channel`, carrying this client's session
+    /// token.
+    #[must_use]
+    pub fn catalogue_on(&self, channel: Channel) -> CatalogueClient {
+        CatalogueServiceClient::with_interceptor(channel, self.auth.clone())
+    }
+
     /// Writes `value` under `key` on the leader, retrying (bounded) through
     /// elections and crashes with the same `request_id`, so the write is
     /// applied at most once however many attempts it takes.
@@ -378,6 +401,37 @@ impl ClusterClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call_nodes(self.preferred_order(), op).await
+    }
+
+    /// Runs a read `op` on a follower if one answers: every node in random
+    /// order with the believed leader last, falling back to the next while
+    /// they are unavailable, each attempt bounded by the policy's read
+    /// timeout. For the reads that followers are meant to serve (search and
+    /// listings), so that they spread over the followers and keep load off
+    /// the leader; pass `min_index` in the request to read your own writes.
+    ///
+    /// # Errors
+    /// The first error that is not worth retrying, or the last error when
+    /// no node answered.
+    pub async fn call_followers_first<T, F, Fut>(&self, op: F) -> Result<T, Status>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call_nodes(self.followers_first_order(), op).await
+    }
+
+    /// Every node in random order, the believed leader (if any) last.
+    #[must_use]
+    pub fn followers_first_order(&self) -> Vec<u64> {
+        let mut ids = self.node_ids();
+        ids.shuffle(&mut rand::thread_rng());
+        if let Some(leader) = self.leader_hint() {
+            if let Some(pos) = ids.iter().position(|id| *id == leader) {
+                ids[pos..].rotate_left(1);
+            }
+        }
+        ids
     }
 
     /// Runs `op` on each node of `order` in turn until one answers or fails

@@ -15,14 +15,21 @@
 //! [`ledger`] reads balances and cash flows, withdraws, and (for operators)
 //! deposits, sets the commission, opens and settles holds, and audits the
 //! ledger on every node.
+//!
+//! [`catalogue`] hashes files into the Merkle root a listing commits to,
+//! publishes and changes listings (remembering locally which file each
+//! one is), and searches, reading from followers first; [`presence`]
+//! keeps a selling peer's lease alive.
 
 pub mod account;
 mod bearer;
+pub mod catalogue;
 mod cluster;
 mod error;
 pub mod ledger;
 pub mod local;
 pub mod password;
+pub mod presence;
 mod request_id;
 mod retry;
 pub mod table;
@@ -30,9 +37,11 @@ mod tls;
 
 pub use account::{Account, Session, SessionInfo};
 pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};
-pub use cluster::{read_cluster_file, AccountClient, AdminClient, ClusterClient, LedgerClient};
+pub use cluster::{
+    read_cluster_file, AccountClient, AdminClient, CatalogueClient, ClusterClient, LedgerClient,
+};
 pub use error::ClientError;
-pub use local::{PeerStore, StoreError};
+pub use local::{LocalListing, PeerStore, StoreError};
 pub use request_id::{new_request_id, request_id};
 pub use retry::{describe_status, is_retryable, leader_hint_of, RetryPolicy};
 pub use tls::{ClientIdentity, ClientTls};

@@ -1,6 +1,9 @@
 //! The peer's local database: who it is signed in as, and small facts it
 //! remembers between runs.
 //!
+//! It also remembers which local file each of the peer's listings is
+//! ([`LocalListing`]): the cluster never learns a path.
+//!
 //! One SQLite file, `agora.db`, in the peer's data directory (`--data-dir`,
 //! `AGORA_HOME`, default `~/.agora`; the operator console keeps its own),
 //! so several peers run side by side on one machine. It holds a bearer
@@ -13,12 +16,36 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use agora_proto::auth::Role;
+use agora_proto::merkle::Hash;
 use ed25519_dalek::SigningKey;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
 use zeroize::Zeroizing;
 
 use crate::account::{now_ms, role_of, Session};
+
+/// A listing this peer published, tied to the local file it sells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalListing {
+    /// The cluster's listing id.
+    pub listing_id: u64,
+    /// The seller's user id.
+    pub seller_id: u64,
+    /// Absolute path of the file.
+    pub path: PathBuf,
+    /// File size in bytes, as published.
+    pub size: u64,
+    /// Chunk size in bytes, as published.
+    pub chunk_size: u32,
+    /// BLAKE3 Merkle root over the plaintext chunks, as published.
+    pub merkle_root: Hash,
+    /// The file's modification time when it was hashed (Unix ms), if known.
+    pub modified_ms: Option<u64>,
+    /// When this peer published it (Unix ms).
+    pub published_at_ms: u64,
+    /// False once this peer unpublished it.
+    pub active: bool,
+}
 
 /// The database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "agora.db";
@@ -31,6 +58,9 @@ pub const ADMIN_DIR_NAME: &str = ".agora-admin";
 
 /// Settings key of the highest log index this peer has seen.
 const MAX_SEEN_INDEX: &str = "max_seen_index";
+
+/// Settings key of the node this peer last saw leading.
+const LEADER_HINT: &str = "leader_hint";
 
 /// How long a connection waits for another process (a second command of
 /// the same peer) to release the database.
@@ -292,6 +322,28 @@ impl PeerStore {
         Ok(value.parse().unwrap_or(index))
     }
 
+    /// The node this peer last saw leading, if any: a new process starts
+    /// from it, so that its reads go to followers first and its writes to
+    /// the leader first.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn leader_hint(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .setting(LEADER_HINT)
+            .await?
+            .and_then(|v| v.parse().ok())
+            .filter(|id| *id != 0))
+    }
+
+    /// Records that node `id` was leading.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn set_leader_hint(&self, id: u64) -> Result<(), StoreError> {
+        self.set_setting(LEADER_HINT, &id.to_string()).await
+    }
+
     /// A setting's value, if set.
     ///
     /// # Errors
@@ -321,9 +373,154 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Remembers `listing` (replacing what was known under its id).
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn save_listing(&self, listing: &LocalListing) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO listings \
+             (listing_id, seller_id, path, size, chunk_size, merkle_root, modified_ms, published_at_ms, active) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (listing_id) DO UPDATE SET \
+             seller_id = excluded.seller_id, path = excluded.path, size = excluded.size, \
+             chunk_size = excluded.chunk_size, merkle_root = excluded.merkle_root, \
+             modified_ms = excluded.modified_ms, published_at_ms = excluded.published_at_ms, \
+             active = excluded.active",
+        )
+        .bind(to_i64(listing.listing_id))
+        .bind(to_i64(listing.seller_id))
+        .bind(path_bytes(&listing.path))
+        .bind(to_i64(listing.size))
+        .bind(i64::from(listing.chunk_size))
+        .bind(listing.merkle_root.as_slice())
+        .bind(listing.modified_ms.map(to_i64))
+        .bind(to_i64(listing.published_at_ms))
+        .bind(listing.active)
+        .execute(&self.pool)
+        .await
+        .map_err(|source| database(&self.path, source))?;
+        Ok(())
+    }
+
+    /// The local file of listing `listing_id`, if this peer published it.
+    ///
+    /// # Errors
+    /// When SQLite fails or the row is damaged.
+    pub async fn listing(&self, listing_id: u64) -> Result<Option<LocalListing>, StoreError> {
+        let row: Option<ListingRow> = sqlx::query_as(&format!(
+            "SELECT {LISTING_COLUMNS} FROM listings WHERE listing_id = ?"
+        ))
+        .bind(to_i64(listing_id))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|source| database(&self.path, source))?;
+        row.map(|row| self.listing_of(row)).transpose()
+    }
+
+    /// The listings of seller `seller_id` published from this peer, by id;
+    /// with `include_inactive`, also those it unpublished.
+    ///
+    /// # Errors
+    /// When SQLite fails or a row is damaged.
+    pub async fn listings(
+        &self,
+        seller_id: u64,
+        include_inactive: bool,
+    ) -> Result<Vec<LocalListing>, StoreError> {
+        let rows: Vec<ListingRow> = sqlx::query_as(&format!(
+            "SELECT {LISTING_COLUMNS} FROM listings \
+             WHERE seller_id = ? AND (active = 1 OR ?) ORDER BY listing_id"
+        ))
+        .bind(to_i64(seller_id))
+        .bind(include_inactive)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|source| database(&self.path, source))?;
+        rows.into_iter().map(|row| self.listing_of(row)).collect()
+    }
+
+    /// Records that listing `listing_id` is on sale (`active`) or not.
+    /// Returns whether this peer knows the listing.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn set_listing_active(
+        &self,
+        listing_id: u64,
+        active: bool,
+    ) -> Result<bool, StoreError> {
+        let changed = sqlx::query("UPDATE listings SET active = ? WHERE listing_id = ?")
+            .bind(active)
+            .bind(to_i64(listing_id))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| database(&self.path, source))?
+            .rows_affected();
+        Ok(changed > 0)
+    }
+
+    fn listing_of(&self, row: ListingRow) -> Result<LocalListing, StoreError> {
+        let (listing_id, seller_id, path, size, chunk_size, root, modified_ms, published, active) =
+            row;
+        let damaged = |reason: &str| StoreError::Damaged {
+            path: self.path.clone(),
+            reason: format!("listing {listing_id}: {reason}"),
+        };
+        Ok(LocalListing {
+            listing_id: to_u64(listing_id),
+            seller_id: to_u64(seller_id),
+            path: path_from_bytes(path),
+            size: to_u64(size),
+            chunk_size: u32::try_from(chunk_size)
+                .map_err(|_| damaged("the chunk size is out of range"))?,
+            merkle_root: root
+                .as_slice()
+                .try_into()
+                .map_err(|_| damaged("the Merkle root has the wrong length"))?,
+            modified_ms: modified_ms.map(to_u64),
+            published_at_ms: to_u64(published),
+            active,
+        })
+    }
+
     /// Closes the connections (waits for them to finish).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The columns of a [`ListingRow`], in order.
+const LISTING_COLUMNS: &str = "listing_id, seller_id, path, size, chunk_size, merkle_root, \
+     modified_ms, published_at_ms, active";
+
+/// One row of `listings`, as SQLite returns it.
+type ListingRow = (i64, i64, Vec<u8>, i64, i64, Vec<u8>, Option<i64>, i64, bool);
+
+/// A path as the bytes stored for it: the operating system's own bytes on
+/// Unix (a path need not be UTF-8), UTF-8 elsewhere.
+fn path_bytes(path: &Path) -> Vec<u8> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt as _;
+        path.as_os_str().as_bytes().to_vec()
+    }
+    #[cfg(not(unix))]
+    {
+        path.to_string_lossy().into_owned().into_bytes()
+    }
+}
+
+/// The inverse of [`path_bytes`].
+fn path_from_bytes(bytes: Vec<u8>) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStringExt as _;
+        PathBuf::from(std::ffi::OsString::from_vec(bytes))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -489,8 +686,73 @@ mod tests {
         assert_eq!(store.bump_max_seen_index(9).await?, 10);
         assert_eq!(store.bump_max_seen_index(100).await?, 100);
         assert_eq!(store.max_seen_index().await?, 100);
+        assert_eq!(store.leader_hint().await?, None);
+        store.set_leader_hint(3).await?;
+        assert_eq!(store.leader_hint().await?, Some(3));
         store.set_setting("colour", "blue").await?;
         assert_eq!(store.setting("colour").await?.as_deref(), Some("blue"));
+        store.close().await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn remembers_listings() -> anyhow::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let store = PeerStore::open(tmp.path()).await?;
+        assert_eq!(store.listing(7).await?, None);
+        let listing = LocalListing {
+            listing_id: 7,
+            seller_id: 1,
+            path: PathBuf::from("/srv/files/earthsea.epub"),
+            size: 5_000_000,
+            chunk_size: 1 << 20,
+            merkle_root: [9; 32],
+            modified_ms: Some(1_700_000_000_000),
+            published_at_ms: 1_700_000_001_000,
+            active: true,
+        };
+        store.save_listing(&listing).await?;
+        let other = LocalListing {
+            listing_id: 8,
+            seller_id: 2,
+            modified_ms: None,
+            ..listing.clone()
+        };
+        store.save_listing(&other).await?;
+        assert_eq!(store.listing(7).await?.as_ref(), Some(&listing));
+        assert_eq!(store.listings(1, false).await?, vec![listing.clone()]);
+        assert_eq!(store.listings(2, false).await?, vec![other]);
+
+        assert!(store.set_listing_active(7, false).await?);
+        assert!(!store.set_listing_active(70, false).await?);
+        assert!(store.listings(1, false).await?.is_empty());
+        let all = store.listings(1, true).await?;
+        assert_eq!(all.len(), 1);
+        assert!(!all[0].active);
+        store.close().await;
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn keeps_paths_that_are_not_utf8() -> anyhow::Result<()> {
+        use std::os::unix::ffi::OsStringExt as _;
+        let tmp = tempfile::tempdir()?;
+        let store = PeerStore::open(tmp.path()).await?;
+        let path = PathBuf::from(std::ffi::OsString::from_vec(b"/tmp/caf\xe9".to_vec()));
+        let listing = LocalListing {
+            listing_id: 1,
+            seller_id: 1,
+            path: path.clone(),
+            size: 1,
+            chunk_size: 4096,
+            merkle_root: [0; 32],
+            modified_ms: None,
+            published_at_ms: 0,
+            active: true,
+        };
+        store.save_listing(&listing).await?;
+        assert_eq!(store.listing(1).await?.map(|l| l.path), Some(path));
         store.close().await;
         Ok(())
     }

@@ -1,9 +1,11 @@
 //! `agora`: the peer's command line.
 //!
 //! Accounts (`register`, `login`, `logout`, `whoami`; see [`cli::account`]),
-//! money (`balance`, `history`, `withdraw`; see [`cli::ledger`]) and the
+//! money (`balance`, `history`, `withdraw`; see [`cli::ledger`]), the
+//! catalogue (`publish`, `listings`, `show`, `edit`, `reprice`,
+//! `unpublish`, `search`, `topics`; see [`cli::catalogue`]) and the
 //! replicated key/value register (`put` / `get`) that exercises the cluster
-//! client; the marketplace commands come later. The peer's local
+//! client. The peer's local
 //! state lives in its data directory (`--data-dir`, `AGORA_HOME`, default
 //! `~/.agora`).
 
@@ -83,6 +85,22 @@ enum Command {
         #[arg(value_parser = amount_arg, allow_hyphen_values = true)]
         amount: u64,
     },
+    /// Put a file up for sale: hash it and publish its listing.
+    Publish(cli::catalogue::Publish),
+    /// Show your listings (newest first), with the file each one sells.
+    Listings(cli::catalogue::Listings),
+    /// Show one listing in full.
+    Show(cli::catalogue::Show),
+    /// Change a listing's title, description, topic, tags or attributes.
+    Edit(cli::catalogue::Edit),
+    /// Change a listing's price.
+    Reprice(cli::catalogue::Reprice),
+    /// Take a listing off sale.
+    Unpublish(cli::catalogue::Unpublish),
+    /// Find listings on sale, one page at a time.
+    Search(cli::catalogue::Search),
+    /// Show the topics a listing may be filed under.
+    Topics(cli::catalogue::Topics),
     /// Write a value to the replicated key/value register.
     Put {
         /// Key (1 to 256 bytes).
@@ -157,6 +175,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cli::ledger::history(&peer()?, query).await?;
         }
         Command::Withdraw { amount } => cli::ledger::withdraw(&peer()?, amount).await?,
+        Command::Publish(command) => command.run(&peer()?).await?,
+        Command::Listings(command) => command.run(&peer()?).await?,
+        Command::Show(command) => command.run(&peer()?).await?,
+        Command::Edit(command) => command.run(&peer()?).await?,
+        Command::Reprice(command) => command.run(&peer()?).await?,
+        Command::Unpublish(command) => command.run(&peer()?).await?,
+        Command::Search(command) => command.run(&peer()?).await?,
+        Command::Topics(command) => command.run(&peer()?).await?,
         Command::Put {
             key,
             value,

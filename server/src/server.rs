@@ -100,6 +100,22 @@ fn write_node_info(dir: &Path, info: &NodeInfo) -> std::io::Result<()> {
     std::fs::rename(tmp, dir.join("node.json"))
 }
 
+/// The connections a listener accepts, with Nagle's algorithm off.
+///
+/// tonic applies its own `tcp_nodelay` only to listeners it binds itself.
+/// Without this, a reply that spans several TCP segments (a page of search
+/// results, a batch of log entries) waits for the peer's delayed ACK: 40 ms
+/// on Linux.
+fn no_delay(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}
+
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
 ///
 /// # Errors
@@ -209,7 +225,7 @@ pub async fn run(
             CatalogueServiceServer::new(CatalogueApi::new(node.clone(), leases))
                 .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.api), stopped());
+        .serve_with_incoming_shutdown(no_delay(listeners.api), stopped());
     let raft_server = Server::builder()
         .tls_config(tls.raft_server())?
         .layer(RpcMetricsLayer)
@@ -218,7 +234,7 @@ pub async fn run(
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.raft), stopped());
+        .serve_with_incoming_shutdown(no_delay(listeners.raft), stopped());
     let metrics_server = observability::serve_metrics(listeners.metrics, metrics, stopped());
 
     write_node_info(

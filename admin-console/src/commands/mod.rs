@@ -13,6 +13,7 @@ mod promote;
 mod remove;
 mod snapshot;
 mod status;
+mod topics;
 mod whoami;
 
 use std::time::Duration;
@@ -46,6 +47,8 @@ pub enum Command {
     Hold(hold::Hold),
     /// Check the ledger on every node and compare their digests.
     Audit(audit::Audit),
+    /// Add, remove or list the catalogue's topics.
+    Topics(topics::Topics),
     /// Log in as an admin; later commands present the session.
     Login(login::Login),
     /// End the admin session and forget it.
@@ -58,7 +61,11 @@ impl Command {
     /// Whether the command makes admin calls (and so needs an admin session
     /// or the operator certificate); the session commands do not.
     pub fn makes_admin_calls(&self) -> bool {
-        !matches!(self, Self::Login(_) | Self::Logout(_) | Self::Whoami(_))
+        match self {
+            Self::Login(_) | Self::Logout(_) | Self::Whoami(_) => false,
+            Self::Topics(command) => command.makes_admin_calls(),
+            _ => true,
+        }
     }
 
     /// Runs the command.
@@ -74,6 +81,7 @@ impl Command {
             Self::Commission(command) => command.run(console).await,
             Self::Hold(command) => command.run(console).await,
             Self::Audit(command) => command.run(console).await,
+            Self::Topics(command) => command.run(console).await,
             Self::Login(command) => command.run(console).await,
             Self::Logout(command) => command.run(console).await,
             Self::Whoami(command) => command.run(console).await,

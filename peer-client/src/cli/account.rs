@@ -52,6 +52,32 @@ impl Peer {
         self.json
     }
 
+    /// The cluster client, without a session (for reads anyone may make).
+    pub fn client(&self) -> &ClusterClient {
+        &self.client
+    }
+
+    /// The peer's local database if it has one (without creating it), for
+    /// commands that work logged out but read their own writes when they
+    /// can.
+    pub async fn existing_store(&self) -> anyhow::Result<Option<PeerStore>> {
+        let store = PeerStore::open_existing(&self.data_dir).await?;
+        if let Some(store) = &store {
+            self.recall_leader(store).await?;
+        }
+        Ok(store)
+    }
+
+    /// Starts the client from the leader this peer last saw, so reads go
+    /// to followers first and writes to the leader first.
+    async fn recall_leader(&self, store: &PeerStore) -> anyhow::Result<()> {
+        if let Some(id) = store.leader_hint().await? {
+            // Shared by every clone of the client; unknown ids are ignored.
+            self.client.set_leader_hint(id);
+        }
+        Ok(())
+    }
+
     /// The stored session and a client presenting it, for commands that
     /// act as the account; a plain sentence saying how to log in when there
     /// is no usable session.
@@ -61,6 +87,7 @@ impl Peer {
             .await?
             .ok_or_else(not_logged_in)?;
         let session = store.session().await?.ok_or_else(not_logged_in)?;
+        self.recall_leader(&store).await?;
         if session.is_expired() {
             anyhow::bail!(
                 "the session of {0} has expired; log in again with `agora login {0}`",

@@ -2,4 +2,5 @@
 //! the binary, not of the library: they print, and they fail with `anyhow`.
 
 pub mod account;
+pub mod catalogue;
 pub mod ledger;

@@ -7,8 +7,16 @@
 //! Search, `GetListing`, `SellerListings` and `Topics` are anonymous reads
 //! served by whichever node is asked (the client library prefers
 //! followers). `Announce` must reach the leader: leases live in its memory.
+//!
+//! Search pages are cached per node. A page computed at applied index `A`
+//! answers a request whose `min_index` is at most `A` (it shows every write
+//! up to `A`, so read-your-writes holds) while the catalogue has not changed
+//! since `A`, or for [`CACHE_MAX_STALENESS`] after it changed: no staler
+//! than a follower that lags by that much. Linearizable searches bypass it.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use agora_proto::auth::{canonical_username, Role};
 use agora_proto::market::catalogue_service_server::CatalogueService;
@@ -40,17 +48,68 @@ const MAX_LISTINGS_PAGE: u32 = 500;
 /// Page of a seller's listings when the request gives none.
 const DEFAULT_LISTINGS_PAGE: u32 = 50;
 
+/// How long a cached search page may be served after the catalogue
+/// changed.
+const CACHE_MAX_STALENESS: Duration = Duration::from_secs(1);
+/// Cached pages at most; the cache starts over when full.
+const CACHE_CAPACITY: usize = 50_000;
+
 /// The service, over a running node and (on the leader) its lease table.
 pub struct CatalogueApi {
     node: Arc<Node>,
     leases: Arc<Leases>,
+    /// Recent search pages. A plain mutex: lookups and inserts only, never
+    /// held across an await.
+    cache: Mutex<HashMap<CacheKey, Arc<CachedPage>>>,
+}
+
+/// What makes two search requests the same page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct CacheKey {
+    query: [u8; 8],
+    cursor: String,
+    limit: u32,
+}
+
+/// A page and the state it reflects.
+struct CachedPage {
+    /// Applied index before the page was read (it shows at least this).
+    index: u64,
+    /// When it was read.
+    at: Instant,
+    /// The answer.
+    reply: SearchReply,
 }
 
 impl CatalogueApi {
     /// Serves `node`; presence leases live in `leases`.
     #[must_use]
     pub fn new(node: Arc<Node>, leases: Arc<Leases>) -> Self {
-        Self { node, leases }
+        Self {
+            node,
+            leases,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, key: &CacheKey, min_index: u64) -> Option<SearchReply> {
+        let page = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .cloned()?;
+        let current = self.node.state.catalogue_changed_at() <= page.index;
+        (page.index >= min_index && (current || page.at.elapsed() < CACHE_MAX_STALENESS))
+            .then(|| page.reply.clone())
+    }
+
+    fn remember(&self, key: CacheKey, page: CachedPage) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, Arc::new(page));
     }
 
     fn internal(e: &sqlx::Error) -> Status {
@@ -361,7 +420,7 @@ impl CatalogueService for CatalogueApi {
         &self,
         request: Request<SearchRequest>,
     ) -> Result<Response<SearchReply>, Status> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let req = request.into_inner();
         let limit = page(req.limit, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE)?;
         let sort = sort_of(req.sort)?;
@@ -399,6 +458,19 @@ impl CatalogueService for CatalogueApi {
             fresh.min_index = fresh.min_index.max(c.min_index);
         }
         let applied_index = self.node.read_barrier(fresh).await?;
+        let key = CacheKey {
+            query: fingerprint,
+            cursor: req.cursor.clone(),
+            limit,
+        };
+        if !fresh.linearizable {
+            if let Some(reply) = self.cached(&key, fresh.min_index) {
+                metrics::counter!("agora_search_cache_hits_total").increment(1);
+                metrics::histogram!("agora_search_seconds").record(started.elapsed().as_secs_f64());
+                return Ok(Response::new(reply));
+            }
+        }
+        metrics::counter!("agora_search_cache_misses_total").increment(1);
         let readers = self.node.state.readers();
         if let Some(topic) = &topic {
             if !store::catalogue::topic_exists(readers, topic)
@@ -472,8 +544,7 @@ impl CatalogueService for CatalogueApi {
             }
             _ => String::new(),
         };
-        metrics::histogram!("agora_search_seconds").record(started.elapsed().as_secs_f64());
-        Ok(Response::new(SearchReply {
+        let reply = SearchReply {
             results: hits
                 .into_iter()
                 .map(|h| SearchResult {
@@ -483,7 +554,17 @@ impl CatalogueService for CatalogueApi {
                 .collect(),
             next_cursor,
             applied_index,
-        }))
+        };
+        self.remember(
+            key,
+            CachedPage {
+                index: applied_index,
+                at: Instant::now(),
+                reply: reply.clone(),
+            },
+        );
+        metrics::histogram!("agora_search_seconds").record(started.elapsed().as_secs_f64());
+        Ok(Response::new(reply))
     }
 
     async fn topics(

@@ -373,6 +373,22 @@ pub struct ApplyContext {
 }
 
 impl Op {
+    /// Whether applying it can change what a search returns.
+    #[must_use]
+    pub fn touches_catalogue(&self) -> bool {
+        matches!(
+            self,
+            Op::Publish { .. }
+                | Op::EditListing { .. }
+                | Op::Reprice { .. }
+                | Op::Unpublish { .. }
+                | Op::AddTopic { .. }
+                | Op::RemoveTopic { .. }
+                | Op::SetPresence { .. }
+                | Op::LapsePresence { .. }
+        )
+    }
+
     /// Checks the operation on its own, before it is proposed.
     ///
     /// # Errors

@@ -49,6 +49,10 @@ struct Shared {
     applied: watch::Sender<u64>,
     /// Makes snapshot file names unique within this process.
     snapshot_seq: AtomicU64,
+    /// The applied index of the last batch that changed what search
+    /// returns (listings, topics, presence), so search caches know when
+    /// they are current.
+    catalogue_changed: AtomicU64,
 }
 
 /// The current snapshot, as recorded in `current.json`.
@@ -90,6 +94,8 @@ impl StateMachine {
                 snapshot_dir,
                 applied: applied_tx,
                 snapshot_seq: AtomicU64::new(0),
+                // Unknown after a restart: as if changed at the last index.
+                catalogue_changed: AtomicU64::new(applied.map_or(0, |l| l.index)),
             }),
         })
     }
@@ -104,6 +110,14 @@ impl StateMachine {
     #[must_use]
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.shared.applied.subscribe()
+    }
+
+    /// The applied index of the last change to the catalogue (listings,
+    /// topics, presence): search results computed at or after it are
+    /// current.
+    #[must_use]
+    pub fn catalogue_changed_at(&self) -> u64 {
+        self.shared.catalogue_changed.load(Ordering::Acquire)
     }
 
     /// A digest of the state and the applied index it was taken at, read in
@@ -240,6 +254,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| sm_err(ErrorVerb::Write, &e))?;
         drop(conn);
+        let touches_catalogue = entries.iter().any(|e| match &e.payload {
+            EntryPayload::Normal(command) => {
+                command.proposals.iter().any(|p| p.op.touches_catalogue())
+            }
+            _ => false,
+        });
+        if touches_catalogue {
+            self.shared
+                .catalogue_changed
+                .store(last.index, Ordering::Release);
+        }
         self.shared.applied.send_replace(last.index);
         #[allow(clippy::cast_precision_loss)]
         metrics::histogram!("agora_raft_apply_batch_entries").record(entries.len() as f64);
@@ -282,6 +307,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         drop(conn);
         self.set_current(snapshot_meta, &name).await?;
         let index = snapshot_meta.last_log_id.map_or(0, |l| l.index);
+        self.shared
+            .catalogue_changed
+            .store(index, Ordering::Release);
         self.shared.applied.send_replace(index);
         metrics::counter!("agora_raft_snapshots_installed_total").increment(1);
         tracing::info!(index, "snapshot installed");

@@ -521,6 +521,12 @@ impl Hit {
     }
 }
 
+/// bm25 with the column weights of `listings_fts` (title, description,
+/// tags, attribute values): a title match counts most. Called directly
+/// rather than through the table's `rank` setting, which costs a quarter
+/// more per matching row.
+const BM25: &str = "bm25(listings_fts, 10.0, 1.0, 4.0, 2.0)";
+
 /// The largest listing id so far (0 when there is none).
 ///
 /// # Errors
@@ -545,9 +551,36 @@ pub async fn search(
     conn: impl SqliteExecutor<'_>,
     q: &SearchQuery,
 ) -> Result<Vec<Hit>, sqlx::Error> {
+    let unfiltered = q.topic.is_none()
+        && q.min_price.is_none()
+        && q.max_price.is_none()
+        && q.seller_id.is_none()
+        && !q.online_only;
     let mut b: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {LISTING_COLUMNS}, "));
+    if let (Some(fts), Sort::Relevance, true) = (&q.fts, q.sort, unfiltered) {
+        // The common case, and the costly one (bm25 over every match): rank
+        // inside the full-text index alone, then join only the page.
+        b.push(format!("t.score FROM (SELECT rowid AS id, {BM25} AS score FROM listings_fts WHERE listings_fts MATCH "))
+            .push_bind(fts.clone())
+            .push(" AND rowid <= ")
+            .push_bind(to_i64(q.max_id));
+        if !q.exclude.is_empty() {
+            b.push(" AND rowid NOT IN (SELECT value FROM json_each(")
+                .push_bind(json(&q.exclude))
+                .push("))");
+        }
+        b.push(" ORDER BY score LIMIT ")
+            .push_bind(i64::from(q.limit))
+            .push(") t JOIN listings l ON l.id = t.id ")
+            .push(LISTING_JOINS)
+            .push(" WHERE l.active ORDER BY t.score, l.id");
+        let rows = b.build().fetch_all(conn).await?;
+        return hits(&rows);
+    }
     if let Some(fts) = &q.fts {
-        b.push("f.rank AS score FROM listings_fts f JOIN listings l ON l.id = f.rowid ");
+        b.push(format!(
+            "{BM25} AS score FROM listings_fts f JOIN listings l ON l.id = f.rowid "
+        ));
         b.push(LISTING_JOINS);
         b.push(" WHERE listings_fts MATCH ");
         b.push_bind(fts.clone());
@@ -581,7 +614,7 @@ pub async fn search(
                     .push_bind(json(&q.exclude))
                     .push("))");
             }
-            b.push(" ORDER BY f.rank, l.id");
+            b.push(" ORDER BY score, l.id");
         }
         (Sort::Price | Sort::PriceDesc, _) => {
             let (cmp, dir) = if q.sort == Sort::Price {
@@ -609,6 +642,10 @@ pub async fn search(
     }
     b.push(" LIMIT ").push_bind(i64::from(q.limit));
     let rows = b.build().fetch_all(conn).await?;
+    hits(&rows)
+}
+
+fn hits(rows: &[SqliteRow]) -> Result<Vec<Hit>, sqlx::Error> {
     rows.iter()
         .map(|row| {
             Ok(Hit {
