@@ -16,7 +16,9 @@ use agora_proto::admin::{
     AddLearnerRequest, Member, MembershipReply, PromoteVoterRequest, RemoveNodeRequest,
     TriggerSnapshotRequest,
 };
-use agora_proto::market::ReadConsistency;
+use agora_proto::market::{
+    ListingFields, PublishRequest, ReadConsistency, SearchRequest, UnpublishRequest,
+};
 use agora_tests::{wait_for, Probe, TestCluster, TestOptions};
 use tonic::{Code, Status};
 
@@ -127,6 +129,42 @@ async fn a_node_joins_from_a_snapshot_and_an_old_one_leaves() -> anyhow::Result<
     .await?;
     agora_peer::ledger::post_hold(&client, hold.hold_id, "t40-post").await?;
 
+    // Listings too: the full-text index is not copied with the snapshot but
+    // rebuilt from the listings it carries, so the newcomer must find the
+    // listing still on sale and not the unpublished one.
+    let seller = agora_peer::account::login(&client, "seller", b"snapshot ledger pw").await?;
+    let mut catalogue = cluster
+        .client()
+        .with_token(&seller.token)?
+        .catalogue(leader)?;
+    let mut listing_ids = Vec::new();
+    for (n, title) in ["Snapshotted atlas", "Snapshotted almanac"]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = catalogue
+            .publish(PublishRequest {
+                request_id: Some(request_id(format!("{CLIENT}-publish-{n}"))),
+                fields: Some(ListingFields {
+                    title: title.into(),
+                    ..ListingFields::default()
+                }),
+                size: 10,
+                chunk_size: 4096,
+                merkle_root: vec![u8::try_from(n)?; 32],
+                price: 100,
+            })
+            .await?
+            .into_inner();
+        listing_ids.push(reply.listing.map(|l| l.id).unwrap_or_default());
+    }
+    catalogue
+        .unpublish(UnpublishRequest {
+            request_id: Some(request_id(format!("{CLIENT}-unpublish"))),
+            listing_id: listing_ids[1],
+        })
+        .await?;
+
     // One log entry per write (no concurrency, so no batching).
     for n in 0..WRITES_BEFORE_JOIN {
         client
@@ -223,6 +261,29 @@ async fn a_node_joins_from_a_snapshot_and_an_old_one_leaves() -> anyhow::Result<
         );
         assert_eq!(read.revision, 1);
     }
+    let found = cluster
+        .client()
+        .catalogue(newcomer)?
+        .search(SearchRequest {
+            text: "snapshotted".into(),
+            consistency: Some(ReadConsistency {
+                min_index: leader_applied,
+                linearizable: false,
+            }),
+            ..SearchRequest::default()
+        })
+        .await?
+        .into_inner();
+    let found: Vec<u64> = found
+        .results
+        .iter()
+        .filter_map(|r| r.listing.as_ref().map(|l| l.id))
+        .collect();
+    assert_eq!(
+        found,
+        vec![listing_ids[0]],
+        "search on node {newcomer} after the snapshot install"
+    );
     let audit = agora_peer::ledger::audit_on(&client, newcomer).await?;
     assert!(
         audit.clean,
