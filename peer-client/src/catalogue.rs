@@ -472,7 +472,7 @@ pub struct Published {
 /// # Errors
 /// The listing rules ([`check_fields`]), the file's problems (see
 /// [`hash_file`]), the cluster's refusals ([`CatalogueError::Client`]: e.g.
-/// `INVALID_ARGUMENT` for an unknown topic, `UNAUTHENTICATED` without a
+/// `NOT_FOUND` for an unknown topic, `UNAUTHENTICATED` without a
 /// session), or [`CatalogueError::Unrecorded`] when the listing exists but
 /// could not be recorded here.
 pub async fn publish(

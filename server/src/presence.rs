@@ -83,6 +83,20 @@ impl Leases {
         );
     }
 
+    /// Renews `user_id`'s lease if it still holds one standing for the
+    /// change at `since_index`; false when it holds none (it lapsed, and
+    /// the lapse may be in flight), so the caller must replicate the
+    /// announcement instead.
+    pub fn renew_held(&self, user_id: u64, since_index: u64) -> bool {
+        match self.table().leases.get_mut(&user_id) {
+            Some(lease) if lease.since_index == since_index => {
+                lease.renewed = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets a seller that went offline.
     pub fn forget(&self, user_id: u64) {
         self.table().leases.remove(&user_id);
@@ -226,5 +240,10 @@ mod tests {
         lapsed.sort_unstable();
         assert_eq!(lapsed, vec![(1, 10), (2, 11)]);
         assert!(leases.is_empty(), "lapsed leases leave the table");
+        // A renewal after the lapse was taken is not a renewal.
+        assert!(!leases.renew_held(1, 10));
+        leases.renew(1, 12);
+        assert!(leases.renew_held(1, 12));
+        assert!(!leases.renew_held(1, 10), "a lease for an older change");
     }
 }

@@ -611,12 +611,15 @@ impl CatalogueService for CatalogueApi {
             .await
             .map_err(|e| Self::internal(&e))?;
         if let Some(row) = current.filter(|r| r.online && r.endpoint == endpoint) {
-            // A renewal: memory only.
-            self.leases.renew(user_id, row.changed_index);
-            return Ok(reply(0));
+            // A renewal: memory only, if the lease is still held (a lapsed
+            // one may have its lapse in flight; then announce again).
+            if self.leases.renew_held(user_id, row.changed_index) {
+                return Ok(reply(0));
+            }
         }
-        // Coming online or moving: replicated. Internal (no request id):
-        // setting the same endpoint twice is harmless.
+        // Coming online, moving, or back after a lapse: replicated.
+        // Internal (no request id): setting the same endpoint twice is
+        // harmless.
         let applied = self
             .node
             .write_local(Proposal {
