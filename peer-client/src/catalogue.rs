@@ -26,6 +26,7 @@ use std::time::UNIX_EPOCH;
 
 use agora_proto::admin::{AddTopicRequest, AdminRequestId, LedgerWriteReply, RemoveTopicRequest};
 use agora_proto::amount::{format_amount, AmountError, MAX_AMOUNT};
+use agora_proto::listing;
 use agora_proto::market::{
     AttributeMap, EditListingRequest, GetListingRequest, Listing, ListingFields, ListingReply,
     PublishRequest, ReadConsistency, RepriceRequest, RequestId, SearchReply, SearchRequest,
@@ -37,22 +38,10 @@ use tonic::{Code, Response, Status};
 use crate::account::now_ms;
 use crate::{ClientError, ClusterClient, LocalListing, PeerStore, StoreError};
 
-/// Longest title, in characters.
-pub const MAX_TITLE_CHARS: usize = 200;
-/// Longest description, in characters.
-pub const MAX_DESCRIPTION_CHARS: usize = 10_000;
-/// Most tags on a listing.
-pub const MAX_TAGS: usize = 16;
-/// Longest tag, in characters.
-pub const MAX_TAG_CHARS: usize = 32;
-/// Most attributes on a listing.
-pub const MAX_ATTRIBUTES: usize = 16;
-/// Longest attribute name (`[a-z0-9_-]`).
-pub const MAX_ATTRIBUTE_KEY: usize = 32;
-/// Longest attribute value, in characters.
-pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 200;
-/// Largest file a listing may describe (1 TiB).
-pub const MAX_FILE_SIZE: u64 = 1 << 40;
+pub use agora_proto::listing::{
+    MAX_ATTRIBUTES, MAX_ATTRIBUTE_KEY, MAX_ATTRIBUTE_VALUE_CHARS, MAX_DESCRIPTION_CHARS,
+    MAX_FILE_SIZE, MAX_TAGS, MAX_TAG_CHARS, MAX_TITLE_CHARS,
+};
 /// The most search results the cluster returns in one page.
 pub const MAX_SEARCH_PAGE: u32 = 100;
 /// The most listings the cluster returns in one page of a seller's.
@@ -314,82 +303,35 @@ fn invalid(sentence: impl Into<String>) -> CatalogueError {
     CatalogueError::Invalid(sentence.into())
 }
 
+// The cluster's own rules (agora_proto::listing), run here before a large
+// file is hashed for nothing.
+
 fn check_title(title: &str) -> Result<(), CatalogueError> {
-    let title = title.trim();
-    if title.is_empty() {
-        return Err(invalid("a listing needs a title"));
-    }
-    if title.chars().count() > MAX_TITLE_CHARS {
-        return Err(invalid(format!(
-            "a title has at most {MAX_TITLE_CHARS} characters"
-        )));
-    }
-    if title.chars().any(char::is_control) {
-        return Err(invalid("the title must not contain control characters"));
-    }
-    Ok(())
+    listing::title(title).map(drop).map_err(invalid)
 }
 
 fn check_description(description: &str) -> Result<(), CatalogueError> {
-    if description.trim().chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(invalid(format!(
-            "a description has at most {MAX_DESCRIPTION_CHARS} characters"
-        )));
-    }
-    Ok(())
+    listing::description(description).map(drop).map_err(invalid)
 }
 
 fn check_tags(tags: &[String]) -> Result<(), CatalogueError> {
-    let mut distinct = BTreeSet::new();
-    for tag in tags {
-        let t = tag.trim().to_lowercase();
-        if t.is_empty() || t.chars().count() > MAX_TAG_CHARS || t.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "a tag has 1 to {MAX_TAG_CHARS} characters and no control characters (got {tag:?})"
-            )));
-        }
-        distinct.insert(t);
-    }
-    if distinct.len() > MAX_TAGS {
-        return Err(invalid(format!("a listing has at most {MAX_TAGS} tags")));
-    }
-    Ok(())
+    listing::tags(tags).map(drop).map_err(invalid)
 }
 
 fn check_attributes<'a>(
     attributes: impl ExactSizeIterator<Item = (&'a String, &'a String)>,
 ) -> Result<(), CatalogueError> {
-    if attributes.len() > MAX_ATTRIBUTES {
-        return Err(invalid(format!(
-            "a listing has at most {MAX_ATTRIBUTES} attributes"
-        )));
-    }
-    let mut keys = BTreeSet::new();
+    let mut map = BTreeMap::new();
     for (key, value) in attributes {
-        let k = key.trim().to_lowercase();
-        if !is_attribute_name(&k) {
-            return Err(invalid(format!(
-                "an attribute name has 1 to {MAX_ATTRIBUTE_KEY} of the characters a-z, 0-9, '_' and '-' (got {key:?})"
-            )));
-        }
-        let v = value.trim();
-        if v.chars().count() > MAX_ATTRIBUTE_VALUE_CHARS || v.chars().any(char::is_control) {
-            return Err(invalid(format!(
-                "the attribute {k:?} has more than {MAX_ATTRIBUTE_VALUE_CHARS} characters or a control character"
-            )));
-        }
-        if !keys.insert(k.clone()) {
-            return Err(invalid(format!("the attribute {k:?} is given twice")));
+        if map.insert(key.clone(), value.clone()).is_some() {
+            return Err(invalid(format!("the attribute {key:?} is given twice")));
         }
     }
-    Ok(())
+    listing::attributes(&map).map(drop).map_err(invalid)
 }
 
 fn is_attribute_name(name: &str) -> bool {
-    (1..=MAX_ATTRIBUTE_KEY).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    listing::attribute_name(name).is_ok_and(|n| n == name)
 }
 
 /// Parses one attribute given as `name=value` (the value may contain `=`

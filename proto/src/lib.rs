@@ -8,6 +8,7 @@
 pub mod amount;
 pub mod auth;
 pub mod cluster_file;
+pub mod listing;
 pub mod merkle;
 
 /// Node-to-node Raft transport (`agora.raft.v1`).
