@@ -51,8 +51,9 @@ const DEFAULT_LISTINGS_PAGE: u32 = 50;
 /// How long a cached search page may be served after the catalogue
 /// changed.
 const CACHE_MAX_STALENESS: Duration = Duration::from_secs(1);
-/// Cached pages at most; the cache starts over when full.
-const CACHE_CAPACITY: usize = 50_000;
+/// Bytes of cached pages at most (encoded size); the cache starts over
+/// when full, so a flood of distinct searches cannot grow a node's memory.
+const CACHE_BYTES: usize = 64 << 20;
 
 /// The service, over a running node and (on the leader) its lease table.
 pub struct CatalogueApi {
@@ -60,7 +61,14 @@ pub struct CatalogueApi {
     leases: Arc<Leases>,
     /// Recent search pages. A plain mutex: lookups and inserts only, never
     /// held across an await.
-    cache: Mutex<HashMap<CacheKey, Arc<CachedPage>>>,
+    cache: Mutex<PageCache>,
+}
+
+/// The pages and their total encoded size.
+#[derive(Default)]
+struct PageCache {
+    pages: HashMap<CacheKey, Arc<CachedPage>>,
+    bytes: usize,
 }
 
 /// What makes two search requests the same page.
@@ -88,7 +96,7 @@ impl CatalogueApi {
         Self {
             node,
             leases,
-            cache: Mutex::new(HashMap::new()),
+            cache: Mutex::new(PageCache::default()),
         }
     }
 
@@ -97,6 +105,7 @@ impl CatalogueApi {
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .pages
             .get(key)
             .cloned()?;
         let current = self.node.state.catalogue_changed_at() <= page.index;
@@ -105,11 +114,19 @@ impl CatalogueApi {
     }
 
     fn remember(&self, key: CacheKey, page: CachedPage) {
+        let cursor_len = key.cursor.len();
+        let size = prost::Message::encoded_len(&page.reply) + cursor_len;
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CACHE_CAPACITY {
-            cache.clear();
+        if cache.bytes + size > CACHE_BYTES {
+            cache.pages.clear();
+            cache.bytes = 0;
         }
-        cache.insert(key, Arc::new(page));
+        cache.bytes += size;
+        if let Some(old) = cache.pages.insert(key, Arc::new(page)) {
+            cache.bytes = cache
+                .bytes
+                .saturating_sub(prost::Message::encoded_len(&old.reply) + cursor_len);
+        }
     }
 
     fn internal(e: &sqlx::Error) -> Status {
