@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::latency::{new_histogram, Percentiles};
 use agora_peer::{account, ClusterClient};
 use agora_proto::market::catalogue_service_client::CatalogueServiceClient;
 use agora_proto::market::{
@@ -19,7 +20,6 @@ use agora_proto::market::{
 };
 use anyhow::Context;
 use clap::Args;
-use hdrhistogram::Histogram;
 use rand::distributions::Distribution;
 use rand::Rng;
 use serde::Serialize;
@@ -79,15 +79,6 @@ struct Report {
     searches_per_sec: f64,
     mean_results: f64,
     latency_ms: Percentiles,
-}
-
-#[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
 }
 
 /// Words of the synthetic catalogue, most frequent first (a Zipf law over
@@ -470,11 +461,6 @@ fn listing(rng: &mut impl Rng, zipf: &Zipf, vocabulary: &[String]) -> (ListingFi
     (fields, rng.gen_range(0..5_000))
 }
 
-/// A latency histogram of 1 µs .. 60 s at 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
 /// Runs the benchmark and prints the report.
 ///
 /// # Errors
@@ -590,8 +576,6 @@ pub async fn run(args: CatalogueArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let h = histogram.lock().await;
-    #[allow(clippy::cast_precision_loss)]
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let searches = ok.load(Ordering::Relaxed);
     #[allow(clippy::cast_precision_loss)]
     let report = Report {
@@ -610,13 +594,7 @@ pub async fn run(args: CatalogueArgs) -> anyhow::Result<()> {
         search_errors: errors.load(Ordering::Relaxed),
         searches_per_sec: searches as f64 / elapsed,
         mean_results: results.load(Ordering::Relaxed) as f64 / searches.max(1) as f64,
-        latency_ms: Percentiles {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: h.max() as f64 / 1000.0,
-        },
+        latency_ms: Percentiles::of(&h),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -3,6 +3,7 @@
 
 mod catalogue;
 mod cluster;
+mod latency;
 mod ledger;
 mod logins;
 mod writes;

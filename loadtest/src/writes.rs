@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::latency::{new_histogram, Percentiles};
 use agora_peer::ClusterClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::{PutRequest, RequestId};
 use clap::Args;
-use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::Mutex;
 use tonic::transport::Channel;
@@ -58,21 +58,6 @@ struct Report {
     errors: u64,
     writes_per_sec: f64,
     latency_ms: Percentiles,
-}
-
-#[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    p999: f64,
-    max: f64,
-}
-
-/// A latency histogram of 1 µs .. 60 s at 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
-    // These bounds are valid constants, so creation cannot fail.
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Runs the benchmark and prints the report.
@@ -170,8 +155,6 @@ pub async fn run(args: WritesArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let h = histogram.lock().await;
-    #[allow(clippy::cast_precision_loss)]
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     let ok = ok.load(Ordering::Relaxed);
     #[allow(clippy::cast_precision_loss)]
     let report = Report {
@@ -185,14 +168,7 @@ pub async fn run(args: WritesArgs) -> anyhow::Result<()> {
         ok,
         errors: errors.load(Ordering::Relaxed),
         writes_per_sec: ok as f64 / elapsed,
-        latency_ms: Percentiles {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            #[allow(clippy::cast_precision_loss)]
-            max: h.max() as f64 / 1000.0,
-        },
+        latency_ms: Percentiles::of(&h),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
