@@ -7,6 +7,10 @@
 //! record every request they receive, to check that none carries the
 //! password and that session calls carry the bearer token.
 
+mod common;
+
+use common::{pki, Pki};
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,7 +32,6 @@ use opaque_ke::{
 };
 use prost::Message as _;
 use rand::rngs::OsRng;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -36,33 +39,6 @@ use tonic::{Code, Request, Response, Status};
 
 const PASSWORD: &[u8] = b"correct horse battery";
 const TOKEN: &str = "session-token.signature";
-
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-}
-
-fn pki() -> anyhow::Result<Pki> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "agora test ca");
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let server_key = KeyPair::generate()?;
-    let server = CertificateParams::new(vec!["agora-node".to_owned()])?.signed_by(
-        &server_key,
-        &ca,
-        &ca_key,
-    )?;
-    Ok(Pki {
-        ca_pem: ca.pem(),
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-    })
-}
 
 /// One stored account.
 #[derive(Clone)]

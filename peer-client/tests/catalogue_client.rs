@@ -6,13 +6,17 @@
 //! The fake nodes serve only `CatalogueService` over TLS with certificates
 //! made here, so these tests need no real cluster.
 
+mod common;
+
+use common::{dead_addr, pki, tls, Pki};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_peer::catalogue::{self, NewListing};
-use agora_peer::{presence, request_id, ClientTls, ClusterClient, PeerStore};
+use agora_peer::{presence, request_id, ClusterClient, PeerStore};
 use agora_proto::market::catalogue_service_server::{CatalogueService, CatalogueServiceServer};
 use agora_proto::market::{
     AnnounceReply, AnnounceRequest, EditListingRequest, GetListingReply, GetListingRequest,
@@ -22,44 +26,10 @@ use agora_proto::market::{
 };
 use agora_proto::merkle;
 use agora_proto::LEADER_ID_HEADER;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
-
-/// A CA and one server certificate for `agora-node`.
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-}
-
-fn pki() -> anyhow::Result<Pki> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "agora test ca");
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let server_params = CertificateParams::new(vec!["agora-node".to_owned()])?;
-    let server_key = KeyPair::generate()?;
-    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
-    Ok(Pki {
-        ca_pem: ca.pem(),
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-    })
-}
-
-fn tls(pki: &Pki) -> ClientTls {
-    ClientTls {
-        ca_pem: pki.ca_pem.clone().into_bytes(),
-        identity: None,
-        server_name: "agora-node".to_owned(),
-    }
-}
 
 /// What every fake node shares.
 #[derive(Default)]
@@ -247,11 +217,6 @@ async fn spawn_node(id: u64, world: Arc<World>, pki: &Pki) -> anyhow::Result<Soc
 }
 
 /// An address where nothing listens (connections are refused).
-async fn dead_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?)
-}
-
 /// Polls `condition` every 20 ms until it holds or `deadline` passes.
 async fn wait_for(what: &str, deadline: Duration, condition: impl Fn() -> bool) {
     let start = Instant::now();

@@ -4,46 +4,24 @@
 //! The fake nodes serve only `KvService` over TLS with certificates made
 //! here, so these tests need no real cluster.
 
+mod common;
+
+use common::{dead_addr, pki, tls, Pki};
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agora_peer::{request_id, ClientTls, ClusterClient, RetryPolicy};
+use agora_peer::{request_id, ClusterClient, RetryPolicy};
 use agora_proto::market::kv_service_server::{KvService, KvServiceServer};
 use agora_proto::market::{GetReply, GetRequest, PutReply, PutRequest, ReadConsistency};
 use agora_proto::{LEADER_ADDR_HEADER, LEADER_ID_HEADER};
 use anyhow::Context as _;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
-
-/// A CA and one server certificate for `agora-node`.
-struct Pki {
-    ca_pem: String,
-    server_cert_pem: String,
-    server_key_pem: String,
-}
-
-fn pki() -> anyhow::Result<Pki> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "agora test ca");
-    let ca_key = KeyPair::generate()?;
-    let ca = ca_params.self_signed(&ca_key)?;
-    let server_params = CertificateParams::new(vec!["agora-node".to_owned()])?;
-    let server_key = KeyPair::generate()?;
-    let server = server_params.signed_by(&server_key, &ca, &ca_key)?;
-    Ok(Pki {
-        ca_pem: ca.pem(),
-        server_cert_pem: server.pem(),
-        server_key_pem: server_key.serialize_pem(),
-    })
-}
 
 /// What every fake node shares: who leads, and every write that reached a
 /// leader as `(node, client, id)`.
@@ -129,19 +107,6 @@ async fn spawn_node(id: u64, world: Arc<World>, pki: &Pki) -> anyhow::Result<Soc
 }
 
 /// An address where nothing listens (connections are refused).
-async fn dead_addr() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(listener.local_addr()?)
-}
-
-fn tls(pki: &Pki) -> ClientTls {
-    ClientTls {
-        ca_pem: pki.ca_pem.clone().into_bytes(),
-        identity: None,
-        server_name: "agora-node".to_owned(),
-    }
-}
-
 #[tokio::test]
 async fn follows_the_leader_redirect_with_the_same_request_id() -> anyhow::Result<()> {
     let pki = pki()?;
