@@ -7,6 +7,7 @@ const PROTOS: &[&str] = &[
     "proto/agora/raft/v1/raft.proto",
     "proto/agora/market/v1/market.proto",
     "proto/agora/admin/v1/admin.proto",
+    "proto/agora/peer/v1/peer.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_server(true)
         .build_client(true)
+        // Chunks and leaf batches are large: share the received buffer
+        // instead of copying it into a Vec.
+        .bytes([".agora.peer.v1"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -29,6 +29,12 @@ pub mod admin {
     tonic::include_proto!("agora.admin.v1");
 }
 
+/// Peer to peer: what a selling peer serves (`agora.peer.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod peer {
+    tonic::include_proto!("agora.peer.v1");
+}
+
 /// The encoded `FileDescriptorSet` of every Agora service, for gRPC
 /// reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
