@@ -29,6 +29,7 @@ mod error;
 pub mod ledger;
 pub mod local;
 pub mod password;
+pub mod peer_tls;
 pub mod presence;
 mod request_id;
 mod retry;

@@ -24,6 +24,9 @@ use zeroize::Zeroizing;
 
 use crate::account::{now_ms, role_of, Session};
 
+mod trade;
+pub use trade::{Download, DownloadState, SaleKey};
+
 /// A listing this peer published, tied to the local file it sells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalListing {
@@ -95,6 +98,14 @@ pub enum StoreError {
     /// The stored session cannot be used.
     #[error("the stored session in {} is damaged ({reason}); log in again", path.display())]
     Damaged {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A row about a purchase or a sale cannot be read back.
+    #[error("the peer database {} has a damaged row: {reason}", path.display())]
+    Corrupt {
         /// The database file.
         path: PathBuf,
         /// What is wrong.

@@ -8,8 +8,10 @@
 pub mod amount;
 pub mod auth;
 pub mod cluster_file;
+pub mod escrow;
 pub mod listing;
 pub mod merkle;
+pub mod ticket;
 
 /// Node-to-node Raft transport (`agora.raft.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

@@ -25,6 +25,9 @@ pub struct ClusterKeys {
     pub server_setup: ServerSetup<AgoraOpaque>,
     /// Signs session tokens.
     pub signing: SigningKey,
+    /// Signs purchase tickets (derived from the token seed, so a ticket
+    /// signature never verifies as a token or the other way round).
+    pub tickets: SigningKey,
 }
 
 /// An authenticated caller.
@@ -91,6 +94,7 @@ impl Authenticator {
                 Ok(Arc::new(ClusterKeys {
                     server_setup,
                     signing: SigningKey::from_bytes(&seed),
+                    tickets: agora_proto::ticket::ticket_signing_key(&seed),
                 }))
             })
             .await

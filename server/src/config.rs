@@ -56,6 +56,9 @@ pub struct NodeConfig {
     /// How long a seller's presence lease lasts without renewal, in
     /// milliseconds (sellers renew at half of it).
     pub presence_lease_ms: u64,
+    /// How long a purchase holds the buyer's money when the buyer names no
+    /// time, in milliseconds: the download must complete within it.
+    pub purchase_hold_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -91,6 +94,7 @@ impl NodeConfig {
             load_test_ksf: false,
             session_ttl_secs: 12 * 3600,
             presence_lease_ms: 120_000,
+            purchase_hold_ms: 30 * 60 * 1000,
         }
     }
 
@@ -122,6 +126,13 @@ impl NodeConfig {
         if self.presence_lease_ms < 1000 {
             return Err(ConfigError::Invalid(
                 "presence-lease-ms must be 1000 or more".into(),
+            ));
+        }
+        if self.purchase_hold_ms < 1000
+            || self.purchase_hold_ms > crate::raft::command::MAX_PURCHASE_TTL_MS
+        {
+            return Err(ConfigError::Invalid(
+                "purchase-hold-ms must be from 1000 to 86400000 (24 hours)".into(),
             ));
         }
         if self.snapshot_logs == 0 || self.max_payload_entries == 0 {
@@ -261,6 +272,10 @@ pub struct NodeArgs {
     /// milliseconds [default: 120000].
     #[arg(long, env = "AGORA_PRESENCE_LEASE_MS")]
     pub presence_lease_ms: Option<u64>,
+    /// How long a purchase holds the buyer's money unless the buyer names a
+    /// time, in milliseconds [default: 1800000].
+    #[arg(long, env = "AGORA_PURCHASE_HOLD_MS")]
+    pub purchase_hold_ms: Option<u64>,
 }
 
 impl NodeArgs {
@@ -297,7 +312,8 @@ impl NodeArgs {
             keep_logs,
             max_payload_entries,
             session_ttl_secs,
-            presence_lease_ms
+            presence_lease_ms,
+            purchase_hold_ms
         );
         if self.advertise_api.is_some() {
             config.advertise_api.clone_from(&self.advertise_api);

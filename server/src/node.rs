@@ -403,12 +403,17 @@ pub async fn run_leader_duties(node: Arc<Node>, load_test_ksf: bool) {
     }
 }
 
-/// Proposes `ExpireHolds` when an open hold is past its expiry. Checking
+/// Proposes `ExpireHolds` when an open hold or a live purchase (a free one
+/// has no hold) is past its expiry. Checking
 /// first keeps idle clusters from writing an entry every second.
 async fn expire_holds(node: &Node) {
-    let due =
-        crate::store::ledger::expired_holds(node.state.readers(), crate::auth::now_ms(), 1).await;
-    if matches!(due, Ok(ref ids) if !ids.is_empty()) {
+    let now = crate::auth::now_ms();
+    let readers = node.state.readers();
+    let holds = crate::store::ledger::expired_holds(readers, now, 1).await;
+    let purchases = crate::store::purchases::expired(readers, now, 1).await;
+    if matches!(holds, Ok(ref ids) if !ids.is_empty())
+        || matches!(purchases, Ok(ref ids) if !ids.is_empty())
+    {
         let proposal = Proposal {
             request: None,
             op: crate::raft::command::Op::ExpireHolds,

@@ -13,6 +13,7 @@ use agora_proto::market::account_service_server::AccountServiceServer;
 use agora_proto::market::catalogue_service_server::CatalogueServiceServer;
 use agora_proto::market::kv_service_server::KvServiceServer;
 use agora_proto::market::ledger_service_server::LedgerServiceServer;
+use agora_proto::market::purchase_service_server::PurchaseServiceServer;
 use agora_proto::raft::raft_service_server::RaftServiceServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -26,6 +27,7 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::catalogue::CatalogueApi;
 use crate::grpc::kv::KvApi;
 use crate::grpc::ledger::LedgerApi;
+use crate::grpc::purchase::PurchaseApi;
 use crate::grpc::raft::RaftApi;
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
@@ -192,6 +194,9 @@ pub async fn run(
     health
         .set_serving::<CatalogueServiceServer<CatalogueApi>>()
         .await;
+    health
+        .set_serving::<PurchaseServiceServer<PurchaseApi>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -223,6 +228,10 @@ pub async fn run(
         )
         .add_service(
             CatalogueServiceServer::new(CatalogueApi::new(node.clone(), leases))
+                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+        )
+        .add_service(
+            PurchaseServiceServer::new(PurchaseApi::new(node.clone(), config.purchase_hold_ms))
                 .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(no_delay(listeners.api), stopped());

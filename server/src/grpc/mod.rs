@@ -6,6 +6,7 @@ pub mod admin;
 pub mod catalogue;
 pub mod kv;
 pub mod ledger;
+pub mod purchase;
 pub mod raft;
 pub mod rpc_metrics;
 

@@ -22,8 +22,11 @@ use std::collections::BTreeMap;
 
 use crate::domain::catalogue::{self, FileFacts, ListingText};
 use crate::domain::ledger::{self, LedgerError};
+use crate::domain::purchases::PurchaseState;
 use crate::domain::{accounts, kv};
 use crate::store;
+
+mod purchases;
 
 /// Identifies one logical write: a retry carries the same key and gets the
 /// first write's outcome instead of a second application.
@@ -207,6 +210,42 @@ pub enum Op {
         /// (seller, index of the presence change the lapsed lease stood for).
         lapses: Vec<(u64, u64)>,
     },
+    /// Open a purchase: hold the price on the buyer's account.
+    BeginPurchase {
+        /// The buyer (from the session).
+        buyer_id: u64,
+        /// The listing.
+        listing_id: u64,
+        /// How long until the purchase lapses, from the command's time.
+        ttl_ms: u64,
+    },
+    /// The seller deposits the purchase's key and ciphertext root.
+    DepositKey {
+        /// The purchase.
+        purchase_id: u64,
+        /// Who deposits (must be the seller).
+        seller_id: u64,
+        /// The AES-256-GCM key.
+        key: [u8; 32],
+        /// Merkle root over the ciphertext chunks.
+        ciphertext_root: [u8; 32],
+    },
+    /// The buyer settles: post the hold and release the key, in one step.
+    CompletePurchase {
+        /// The purchase.
+        purchase_id: u64,
+        /// Who completes (must be the buyer).
+        buyer_id: u64,
+        /// The ciphertext root the buyer received.
+        ciphertext_root: [u8; 32],
+    },
+    /// The buyer (or an admin) gives up a purchase: void the hold.
+    CancelPurchase {
+        /// The purchase.
+        purchase_id: u64,
+        /// Who asks.
+        actor: Actor,
+    },
 }
 
 /// Who asks for a change to a listing. The session's claims, checked by
@@ -310,6 +349,11 @@ pub enum Outcome {
     Presence {
         /// Sellers whose state changed.
         changed: u64,
+    },
+    /// A purchase was opened or changed.
+    Purchase {
+        /// Its id.
+        purchase_id: u64,
     },
 }
 
@@ -464,6 +508,18 @@ impl Op {
                 Ok(())
             }
             Op::Unpublish { .. } => Ok(()),
+            Op::BeginPurchase { ttl_ms, .. } => {
+                if *ttl_ms == 0 || *ttl_ms > MAX_PURCHASE_TTL_MS {
+                    return Err(Rejection::Invalid(format!(
+                        "a purchase holds the money for 1 ms to {} hours",
+                        MAX_PURCHASE_TTL_MS / 3_600_000
+                    )));
+                }
+                Ok(())
+            }
+            Op::DepositKey { .. } | Op::CompletePurchase { .. } | Op::CancelPurchase { .. } => {
+                Ok(())
+            }
             Op::AddTopic { name, description } => {
                 if catalogue::topic_name(name).map_err(Rejection::Invalid)? != *name
                     || catalogue::topic_description(description).map_err(Rejection::Invalid)?
@@ -600,14 +656,32 @@ impl Op {
                     expires_at_ms,
                 })
             }
-            Op::PostHold { hold_id } => close_hold(conn, ctx, *hold_id, true, "posted").await,
-            Op::VoidHold { hold_id } => close_hold(conn, ctx, *hold_id, false, "voided").await,
+            Op::PostHold { hold_id } | Op::VoidHold { hold_id } => {
+                if let Some(purchase_id) =
+                    store::purchases::purchase_of_hold(&mut *conn, *hold_id).await?
+                {
+                    return Ok(Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                        "hold {hold_id} pays for purchase {purchase_id}; it settles with the purchase (complete, cancel or expiry), not on its own"
+                    ))));
+                }
+                let post = matches!(self, Op::PostHold { .. });
+                let reason = if post { "posted" } else { "voided" };
+                close_hold(conn, ctx, *hold_id, post, reason, None).await
+            }
             Op::ExpireHolds => {
                 let mut count = 0;
                 // Bounded per command; the timer proposes again for the rest.
+                // Purchases first: each voids its own hold.
+                for purchase_id in store::purchases::expired(&mut *conn, ctx.time_ms, 1000).await? {
+                    if purchases::close_unpaid(conn, ctx, purchase_id, PurchaseState::Expired)
+                        .await?
+                    {
+                        count += 1;
+                    }
+                }
                 for hold_id in store::ledger::expired_holds(&mut *conn, ctx.time_ms, 1000).await? {
                     if let Outcome::Hold { .. } =
-                        close_hold(conn, ctx, hold_id, false, "expired").await?
+                        close_hold(conn, ctx, hold_id, false, "expired", None).await?
                     {
                         count += 1;
                     }
@@ -755,6 +829,27 @@ impl Op {
                 }
                 Ok(Outcome::Presence { changed })
             }
+            Op::BeginPurchase {
+                buyer_id,
+                listing_id,
+                ttl_ms,
+            } => purchases::begin(conn, ctx, *buyer_id, *listing_id, *ttl_ms).await,
+            Op::DepositKey {
+                purchase_id,
+                seller_id,
+                key,
+                ciphertext_root,
+            } => {
+                purchases::deposit(conn, ctx, *purchase_id, *seller_id, key, ciphertext_root).await
+            }
+            Op::CompletePurchase {
+                purchase_id,
+                buyer_id,
+                ciphertext_root,
+            } => purchases::complete(conn, ctx, *purchase_id, *buyer_id, ciphertext_root).await,
+            Op::CancelPurchase { purchase_id, actor } => {
+                purchases::cancel(conn, ctx, *purchase_id, *actor).await
+            }
             Op::RevokeSession {
                 session_id,
                 user_id,
@@ -848,6 +943,9 @@ impl Command {
         Ok(outcomes)
     }
 }
+
+/// Longest a purchase may hold the buyer's money (24 h).
+pub const MAX_PURCHASE_TTL_MS: u64 = 24 * 3600 * 1000;
 
 /// Most sellers one `LapsePresence` takes offline.
 pub const MAX_LAPSES: usize = 10_000;
@@ -953,13 +1051,15 @@ async fn apply_money(
     })
 }
 
-/// Posts (`post`) or voids a hold; `reason` is recorded with it.
+/// Posts (`post`) or voids a hold; `reason` is recorded with it, and the
+/// journal entries of a post name `purchase_id`.
 async fn close_hold(
     conn: &mut SqliteConnection,
     ctx: ApplyContext,
     hold_id: i64,
     post: bool,
     reason: &str,
+    purchase_id: Option<&str>,
 ) -> Result<Outcome, sqlx::Error> {
     let Some(mut hold) = store::ledger::hold(&mut *conn, hold_id).await? else {
         return Ok(Outcome::Rejected(Rejection::NotFound(format!(
@@ -979,7 +1079,7 @@ async fn close_hold(
         store::ledger::save_accounts(conn, &[&buyer, &seller, &operator]).await?;
         let entry_ctx = store::ledger::EntryContext {
             hold_id: Some(hold.id),
-            purchase_id: None,
+            purchase_id,
             log_index: ctx.index,
             time_ms: ctx.time_ms,
         };

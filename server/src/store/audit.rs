@@ -30,7 +30,7 @@ pub struct AuditReport {
 }
 
 /// The ledger tables, in digest order.
-const LEDGER_TABLES: &[&str] = &["holds", "journal", "ledger_accounts"];
+const LEDGER_TABLES: &[&str] = &["holds", "journal", "ledger_accounts", "purchases"];
 
 /// Runs every check.
 ///
@@ -104,6 +104,31 @@ pub async fn audit(conn: &mut SqliteConnection) -> Result<AuditReport, sqlx::Err
     for (id, state, amount, moved) in bad_holds {
         report.problems.push(format!(
             "hold {id} is {state} (amount {amount} cents) but the journal moved {moved} cents for it"
+        ));
+    }
+
+    // Every purchase's money agrees with its state: a paid purchase has a
+    // posted hold (and its commission is what the journal gave the
+    // operator), a live one an open hold, a cancelled or expired one a voided
+    // hold; a free purchase has no hold; the key exists once keyed.
+    let bad_purchases: Vec<(i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT p.id, p.state, h.state FROM purchases p LEFT JOIN holds h ON h.id = p.hold_id
+         WHERE (p.price > 0 AND (h.id IS NULL OR h.amount != p.price OR h.purchase_id != CAST(p.id AS TEXT)
+                 OR (p.state = 'completed' AND h.state != 'posted')
+                 OR (p.state IN ('open', 'keyed') AND h.state != 'open')
+                 OR (p.state IN ('cancelled', 'expired') AND h.state != 'voided')
+                 OR (p.state = 'completed' AND p.commission != COALESCE(
+                     (SELECT SUM(amount) FROM journal WHERE hold_id = h.id AND kind = 'commission'), 0))))
+            OR (p.price = 0 AND p.hold_id IS NOT NULL)
+            OR (p.state IN ('keyed', 'completed') AND p.escrow_key IS NULL)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, state, hold) in bad_purchases {
+        report.problems.push(format!(
+            "purchase {id} is {state} but its hold is {}",
+            hold.as_deref()
+                .unwrap_or("missing (or the purchase is inconsistent)")
         ));
     }
 

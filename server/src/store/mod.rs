@@ -9,6 +9,7 @@ pub mod digest;
 pub mod kv;
 pub mod ledger;
 pub mod meta;
+pub mod purchases;
 pub mod requests;
 
 use std::path::Path;
