@@ -242,7 +242,7 @@ fn hash_snapshot(
 
 /// Reads into `buffer` until it is full or the file ends; returns how many
 /// bytes it holds (less than its length only at the end of the file).
-fn fill(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn fill(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buffer.len() {
         match file.read(&mut buffer[filled..]) {
@@ -256,7 +256,7 @@ fn fill(file: &mut File, buffer: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// A file's modification time in Unix ms, when the file system has one.
-fn modified_ms(metadata: &std::fs::Metadata) -> Option<u64> {
+pub(crate) fn modified_ms(metadata: &std::fs::Metadata) -> Option<u64> {
     let since_epoch = metadata.modified().ok()?.duration_since(UNIX_EPOCH).ok()?;
     u64::try_from(since_epoch.as_millis()).ok()
 }

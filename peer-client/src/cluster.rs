@@ -15,6 +15,7 @@ use agora_proto::market::account_service_client::AccountServiceClient;
 use agora_proto::market::catalogue_service_client::CatalogueServiceClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::ledger_service_client::LedgerServiceClient;
+use agora_proto::market::purchase_service_client::PurchaseServiceClient;
 use agora_proto::market::{GetReply, GetRequest, PutReply, PutRequest, ReadConsistency, RequestId};
 use rand::seq::SliceRandom as _;
 use tonic::service::interceptor::InterceptedService;
@@ -41,6 +42,10 @@ pub type LedgerClient = LedgerServiceClient<InterceptedService<Channel, SessionA
 /// token, if it has one (publishing and the seller's own listings need
 /// one; search does not).
 pub type CatalogueClient = CatalogueServiceClient<InterceptedService<Channel, SessionAuth>>;
+
+/// A purchase client whose calls carry the [`ClusterClient`]'s session
+/// token.
+pub type PurchaseClient = PurchaseServiceClient<InterceptedService<Channel, SessionAuth>>;
 
 /// How long opening a TCP + TLS connection to one node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -318,6 +323,13 @@ impl ClusterClient {
     #[must_use]
     pub fn catalogue_on(&self, channel: Channel) -> CatalogueClient {
         CatalogueServiceClient::with_interceptor(channel, self.auth.clone())
+    }
+
+    /// A purchase client over `channel`, carrying this client's session
+    /// token.
+    #[must_use]
+    pub fn purchase_on(&self, channel: Channel) -> PurchaseClient {
+        PurchaseServiceClient::with_interceptor(channel, self.auth.clone())
     }
 
     /// Writes `value` under `key` on the leader, retrying (bounded) through

@@ -23,6 +23,7 @@
 
 pub mod account;
 mod bearer;
+pub mod buying;
 pub mod catalogue;
 mod cluster;
 mod error;
@@ -31,8 +32,10 @@ pub mod local;
 pub mod password;
 pub mod peer_tls;
 pub mod presence;
+pub mod purchase;
 mod request_id;
 mod retry;
+pub mod selling;
 pub mod table;
 mod tls;
 
@@ -40,6 +43,7 @@ pub use account::{Account, Session, SessionInfo};
 pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};
 pub use cluster::{
     read_cluster_file, AccountClient, AdminClient, CatalogueClient, ClusterClient, LedgerClient,
+    PurchaseClient,
 };
 pub use error::ClientError;
 pub use local::{LocalListing, PeerStore, StoreError};

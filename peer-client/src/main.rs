@@ -3,7 +3,9 @@
 //! Accounts (`register`, `login`, `logout`, `whoami`; see [`cli::account`]),
 //! money (`balance`, `history`, `withdraw`; see [`cli::ledger`]), the
 //! catalogue (`publish`, `listings`, `show`, `edit`, `reprice`,
-//! `unpublish`, `search`, `topics`; see [`cli::catalogue`]) and the
+//! `unpublish`, `search`, `topics`; see [`cli::catalogue`]), selling and
+//! buying (`serve`, `buy`, `downloads`, `resume`, `cancel`, `sales`; see
+//! [`cli::trade`]) and the
 //! replicated key/value register (`put` / `get`) that exercises the cluster
 //! client. The peer's local
 //! state lives in its data directory (`--data-dir`, `AGORA_HOME`, default
@@ -101,6 +103,19 @@ enum Command {
     Search(cli::catalogue::Search),
     /// Show the topics a listing may be filed under.
     Topics(cli::catalogue::Topics),
+    /// Sell: serve your listings' files to buyers and stay online.
+    Serve(cli::trade::Serve),
+    /// Buy a listing: pay into escrow, fetch the file from its seller,
+    /// settle, verify and write it.
+    Buy(cli::trade::Buy),
+    /// Show your purchases' downloads (in progress and done).
+    Downloads(cli::trade::Downloads),
+    /// Continue a broken download from the next missing chunk.
+    Resume(cli::trade::Resume),
+    /// Give up an unfinished purchase; the money is available again.
+    Cancel(cli::trade::Cancel),
+    /// Show what you sold: buyer, price, what you got, when.
+    Sales(cli::trade::Sales),
     /// Write a value to the replicated key/value register.
     Put {
         /// Key (1 to 256 bytes).
@@ -137,6 +152,21 @@ fn amount_arg(text: &str) -> Result<u64, AmountError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Log lines go to stderr: warnings by default, and what a file server
+    // does (`agora serve`); AGORA_LOG overrides (e.g. `debug`).
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -183,6 +213,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpublish(command) => command.run(&peer()?).await?,
         Command::Search(command) => command.run(&peer()?).await?,
         Command::Topics(command) => command.run(&peer()?).await?,
+        Command::Serve(command) => command.run(&peer()?).await?,
+        Command::Buy(command) => command.run(&peer()?).await?,
+        Command::Downloads(command) => command.run(&peer()?).await?,
+        Command::Resume(command) => command.run(&peer()?).await?,
+        Command::Cancel(command) => command.run(&peer()?).await?,
+        Command::Sales(command) => command.run(&peer()?).await?,
         Command::Put {
             key,
             value,

@@ -4,3 +4,4 @@
 pub mod account;
 pub mod catalogue;
 pub mod ledger;
+pub mod trade;

@@ -1,0 +1,766 @@
+//! Buying a file (`agora buy`, `agora resume`): open the purchase on the
+//! cluster, fetch the encrypted file straight from the seller, settle, then
+//! decrypt, verify every chunk and write the file atomically.
+//!
+//! The download lives in the peer's data directory until the file is in
+//! place: `downloads/<purchase>.part` holds the ciphertext chunks at fixed
+//! offsets, `<purchase>.leaves` the leaf hash of each chunk received (in
+//! order), and `<purchase>.manifest` the plaintext leaves the seller sent
+//! (checked against the listing's root before any chunk is accepted). A
+//! resumed download re-checks what it has against those leaves and asks the
+//! seller for the next missing chunk; the seller sends the same ciphertext
+//! again (same key, same nonces).
+//!
+//! Settlement ([`crate::purchase::complete`]) uses a request id made once
+//! and stored, so a completion retried after a crash (of this process or of
+//! the leader) is the same request: charged once, the same key back.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+
+use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
+use agora_proto::market::{PurchaseState, RequestId};
+use agora_proto::merkle::{self, Hash};
+use agora_proto::peer::fetch_reply::Part;
+use agora_proto::peer::seller_service_client::SellerServiceClient;
+use agora_proto::peer::FetchRequest;
+use ed25519_dalek::SigningKey;
+use tonic::Code;
+
+use crate::account::now_ms;
+use crate::catalogue::{fill, read_your_writes};
+use crate::local::{Download, DownloadState};
+use crate::peer_tls::{self, PeerIdentity};
+use crate::selling::MAX_FETCH_MESSAGE_BYTES;
+use crate::{new_request_id, purchase, request_id, ClientError, ClusterClient, PeerStore};
+
+/// Reports how a download goes; the CLI draws it.
+pub trait Progress: Send {
+    /// A phase starts ("fetching", "verifying", ...) over `total` bytes, of
+    /// which `done` are done already.
+    fn start(&mut self, phase: &str, total: u64, done: u64);
+    /// `bytes` more are done.
+    fn advance(&mut self, bytes: u64);
+    /// The phase ended.
+    fn finish(&mut self);
+}
+
+/// A [`Progress`] that shows nothing.
+pub struct Silent;
+
+impl Progress for Silent {
+    fn start(&mut self, _: &str, _: u64, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
+}
+
+/// Why a purchase did not end with the file in place.
+#[derive(Debug, thiserror::Error)]
+pub enum BuyError {
+    /// The cluster refused or could not be reached.
+    #[error(transparent)]
+    Cluster(#[from] ClientError),
+    /// The local database failed.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    /// A local file could not be read or written.
+    #[error("{} failed: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The TLS identity could not be made.
+    #[error(transparent)]
+    Tls(#[from] peer_tls::PeerTlsError),
+    /// The output file exists.
+    #[error("{} exists already; pass --out with another path", .0.display())]
+    OutExists(PathBuf),
+    /// No such download here.
+    #[error(
+        "there is no download of purchase {0} in this data directory; `agora downloads` lists them"
+    )]
+    UnknownPurchase(u64),
+    /// The seller could not be reached or refused; the money stays held.
+    #[error("purchase {purchase_id}: {reason}. Your money stays held until the purchase lapses{}: run `agora resume {purchase_id}` when the seller is back, or `agora cancel {purchase_id}` to get it back now", lapse_note(*expires_at_ms))]
+    Seller {
+        /// The purchase.
+        purchase_id: u64,
+        /// What happened.
+        reason: String,
+        /// When the hold lapses.
+        expires_at_ms: u64,
+    },
+    /// The seller sent something that does not match the listing or its
+    /// own commitment: nothing was charged.
+    #[error("purchase {purchase_id}: the seller sent {what}; nothing was charged. Run `agora cancel {purchase_id}` to get your money back")]
+    Misbehaved {
+        /// The purchase.
+        purchase_id: u64,
+        /// What was wrong.
+        what: String,
+    },
+    /// After payment, a chunk does not decrypt or does not match the
+    /// listing.
+    #[error("purchase {purchase_id}: chunk {index} does not match the listing after decryption; the seller cheated. The evidence is kept in {}", evidence.display())]
+    BadChunk {
+        /// The purchase.
+        purchase_id: u64,
+        /// The chunk.
+        index: u64,
+        /// The ciphertext file.
+        evidence: PathBuf,
+    },
+    /// The purchase ended without completing.
+    #[error("purchase {purchase_id} {state}; your money went back to your account. Run `agora buy {listing_id}` to buy it again")]
+    Lapsed {
+        /// The purchase.
+        purchase_id: u64,
+        /// The listing.
+        listing_id: u64,
+        /// "expired" or "was cancelled".
+        state: &'static str,
+    },
+}
+
+fn lapse_note(expires_at_ms: u64) -> String {
+    let left = expires_at_ms.saturating_sub(now_ms()) / 1000;
+    if left == 0 {
+        String::new()
+    } else {
+        format!(" (in about {} min {} s)", left / 60, left % 60)
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> BuyError + '_ {
+    move |source| BuyError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Who buys: the account's id and identity key (its TLS certificate).
+pub struct Buyer<'a> {
+    /// The cluster, carrying the buyer's session.
+    pub client: &'a ClusterClient,
+    /// The peer's database.
+    pub store: &'a PeerStore,
+    /// The buyer's account.
+    pub user_id: u64,
+    /// The buyer's identity key.
+    pub identity: &'a SigningKey,
+}
+
+/// A file name for a listing: its title with anything but letters, digits,
+/// `.`, `-` and `_` made `_`.
+#[must_use]
+pub fn default_file_name(listing_id: u64, title: &str) -> String {
+    let cleaned: String = title
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches(|c| c == '.' || c == '_');
+    if cleaned.is_empty() {
+        format!("listing-{listing_id}")
+    } else {
+        cleaned.chars().take(100).collect()
+    }
+}
+
+impl Buyer<'_> {
+    /// Buys listing `listing_id` into `out` (default: a name from the
+    /// title, in the current directory), or continues this peer's
+    /// unfinished purchase of it.
+    ///
+    /// # Errors
+    /// See [`BuyError`].
+    pub async fn buy(
+        &self,
+        listing_id: u64,
+        out: Option<PathBuf>,
+        hold_seconds: u32,
+        progress: &mut dyn Progress,
+    ) -> Result<Download, BuyError> {
+        if let Some(d) = self
+            .store
+            .live_download_of(self.user_id, listing_id)
+            .await?
+        {
+            tracing::info!(
+                purchase_id = d.purchase_id,
+                "continuing the unfinished purchase"
+            );
+            return self.finish(d, progress).await;
+        }
+        if let Some(out) = &out {
+            if out.exists() {
+                return Err(BuyError::OutExists(out.clone()));
+            }
+        }
+        let reply = purchase::begin(
+            self.client,
+            listing_id,
+            hold_seconds,
+            request_id(format!("user:{}", self.user_id)),
+        )
+        .await?;
+        self.store.bump_max_seen_index(reply.index).await?;
+        let p = reply
+            .purchase
+            .ok_or_else(|| ClientError::Protocol("a purchase came back empty".into()))?;
+        let out = match out {
+            Some(out) => out,
+            None => {
+                let name = default_file_name(listing_id, &p.title);
+                let out = std::env::current_dir()
+                    .map_err(io_error(Path::new(".")))?
+                    .join(name);
+                if out.exists() {
+                    // Do not leave the money held for a purchase that cannot
+                    // be written.
+                    let _ = purchase::cancel(
+                        self.client,
+                        p.id,
+                        request_id(format!("user:{}", self.user_id)),
+                    )
+                    .await;
+                    return Err(BuyError::OutExists(out));
+                }
+                out
+            }
+        };
+        let bad = |what: &str| ClientError::Protocol(format!("the purchase's {what} is malformed"));
+        let download = Download {
+            purchase_id: p.id,
+            buyer_id: self.user_id,
+            listing_id,
+            title: p.title.clone(),
+            price: p.price,
+            size: p.size,
+            chunk_size: p.chunk_size,
+            merkle_root: p
+                .merkle_root
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("root"))?,
+            ticket: reply.ticket,
+            seller: p.seller.clone(),
+            seller_endpoint: reply.seller_endpoint,
+            seller_key: reply
+                .seller_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("seller key"))?,
+            expires_at_ms: p.expires_at_ms,
+            out_path: std::path::absolute(&out).map_err(io_error(&out))?,
+            state: DownloadState::Fetching,
+            ciphertext_root: None,
+            complete_request: new_request_id(),
+            escrow_key: None,
+            started_ms: now_ms(),
+            finished_ms: None,
+        };
+        self.store.save_download(&download).await?;
+        self.finish(download, progress).await
+    }
+
+    /// Continues purchase `purchase_id` from wherever it stopped.
+    ///
+    /// # Errors
+    /// See [`BuyError`].
+    pub async fn resume(
+        &self,
+        purchase_id: u64,
+        progress: &mut dyn Progress,
+    ) -> Result<Download, BuyError> {
+        let d = self
+            .store
+            .download(purchase_id)
+            .await?
+            .filter(|d| d.buyer_id == self.user_id)
+            .ok_or(BuyError::UnknownPurchase(purchase_id))?;
+        self.finish(d, progress).await
+    }
+
+    /// Cancels purchase `purchase_id`; the money is available again.
+    ///
+    /// # Errors
+    /// The cluster's refusal (completed already), or storage errors.
+    pub async fn cancel(&self, purchase_id: u64) -> Result<(), BuyError> {
+        let reply = purchase::cancel(
+            self.client,
+            purchase_id,
+            request_id(format!("user:{}", self.user_id)),
+        )
+        .await?;
+        self.store.bump_max_seen_index(reply.index).await?;
+        if self.store.download(purchase_id).await?.is_some() {
+            let state = match reply.purchase.map(|p| p.state()) {
+                Some(PurchaseState::Expired) => DownloadState::Expired,
+                _ => DownloadState::Cancelled,
+            };
+            self.store
+                .finish_download(purchase_id, state, now_ms())
+                .await?;
+            remove_files(&self.files(purchase_id));
+        }
+        Ok(())
+    }
+
+    fn files(&self, purchase_id: u64) -> Files {
+        let dir = self.store.downloads_dir();
+        Files {
+            part: dir.join(format!("{purchase_id}.part")),
+            leaves: dir.join(format!("{purchase_id}.leaves")),
+            manifest: dir.join(format!("{purchase_id}.manifest")),
+            dir,
+        }
+    }
+
+    async fn finish(
+        &self,
+        mut d: Download,
+        progress: &mut dyn Progress,
+    ) -> Result<Download, BuyError> {
+        let files = self.files(d.purchase_id);
+        if d.state == DownloadState::Fetching {
+            let root = match d.ciphertext_root {
+                Some(root) if files.complete(&d)? => root,
+                _ => self.fetch(&d, &files, progress).await?,
+            };
+            let key = self.settle(&d, &root).await?;
+            self.store.set_download_paid(d.purchase_id, &key).await?;
+            d.state = DownloadState::Paid;
+            d.escrow_key = Some(key);
+        }
+        if d.state == DownloadState::Paid {
+            let key = d
+                .escrow_key
+                .ok_or_else(|| ClientError::Protocol("a paid download has no key".into()))?;
+            let job = files.clone();
+            let target = d.clone();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            progress.start("verifying", d.size, 0);
+            let writer = tokio::task::spawn_blocking(move || {
+                decrypt_into_place(&target, &job, &EscrowKey::from_bytes(key), &tx)
+            });
+            while let Some(bytes) = rx.recv().await {
+                progress.advance(bytes);
+            }
+            progress.finish();
+            writer
+                .await
+                .map_err(|e| ClientError::Protocol(format!("writing the file stopped: {e}")))??;
+            self.store
+                .finish_download(d.purchase_id, DownloadState::Done, now_ms())
+                .await?;
+            remove_files(&files);
+            d.state = DownloadState::Done;
+            d.escrow_key = None;
+        }
+        match d.state {
+            DownloadState::Done => Ok(d),
+            DownloadState::Cancelled => Err(BuyError::Lapsed {
+                purchase_id: d.purchase_id,
+                listing_id: d.listing_id,
+                state: "was cancelled",
+            }),
+            _ => Err(BuyError::Lapsed {
+                purchase_id: d.purchase_id,
+                listing_id: d.listing_id,
+                state: "expired",
+            }),
+        }
+    }
+
+    /// Completes the purchase on the cluster (the stored request id makes a
+    /// retry the same request) and returns the key.
+    async fn settle(&self, d: &Download, root: &Hash) -> Result<[u8; 32], BuyError> {
+        let request = RequestId {
+            client: format!("user:{}", self.user_id),
+            id: d.complete_request.clone(),
+        };
+        match purchase::complete(self.client, d.purchase_id, root, request).await {
+            Ok(reply) => {
+                self.store.bump_max_seen_index(reply.index).await?;
+                reply.key.as_slice().try_into().map_err(|_| {
+                    ClientError::Protocol("the released key is not 32 bytes".into()).into()
+                })
+            }
+            Err(e) if e.code() == Some(Code::FailedPrecondition) => {
+                Err(self.lapsed_or(d, BuyError::Cluster(e)).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// When the purchase is over on the cluster (cancelled or expired),
+    /// records that and says so; otherwise `error`.
+    async fn lapsed_or(&self, d: &Download, error: BuyError) -> BuyError {
+        let consistency = match read_your_writes(Some(self.store)).await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let state = match purchase::get(self.client, d.purchase_id, consistency).await {
+            Ok(p) => p.state(),
+            Err(_) => return error,
+        };
+        let (local, words) = match state {
+            PurchaseState::Expired => (DownloadState::Expired, "expired"),
+            PurchaseState::Cancelled => (DownloadState::Cancelled, "was cancelled"),
+            _ => return error,
+        };
+        if let Err(e) = self
+            .store
+            .finish_download(d.purchase_id, local, now_ms())
+            .await
+        {
+            return e.into();
+        }
+        remove_files(&self.files(d.purchase_id));
+        BuyError::Lapsed {
+            purchase_id: d.purchase_id,
+            listing_id: d.listing_id,
+            state: words,
+        }
+    }
+
+    /// Fetches the missing chunks from the seller; returns the sealed
+    /// ciphertext root, checked against the chunks received.
+    async fn fetch(
+        &self,
+        d: &Download,
+        files: &Files,
+        progress: &mut dyn Progress,
+    ) -> Result<Hash, BuyError> {
+        let seller_error = |reason: String| BuyError::Seller {
+            purchase_id: d.purchase_id,
+            reason,
+            expires_at_ms: d.expires_at_ms,
+        };
+        let misbehaved = |what: String| BuyError::Misbehaved {
+            purchase_id: d.purchase_id,
+            what,
+        };
+        std::fs::create_dir_all(&files.dir).map_err(io_error(&files.dir))?;
+        let mut ct_leaves = files.verified_leaves(d)?;
+        let chunk_count = merkle::chunk_count(d.size, d.chunk_size);
+        let from_chunk = ct_leaves.len() as u64;
+
+        let identity = PeerIdentity::from_signing_key(self.identity)?;
+        let config = peer_tls::client_config(&identity, d.seller_key)?;
+        let channel = match peer_tls::connect(&d.seller_endpoint, config).await {
+            Ok(c) => c,
+            Err(e) => return Err(seller_error(e.to_string())),
+        };
+        let mut seller =
+            SellerServiceClient::new(channel).max_decoding_message_size(MAX_FETCH_MESSAGE_BYTES);
+        let request = FetchRequest {
+            ticket: d.ticket.clone().into(),
+            listing_id: d.listing_id,
+            from_chunk,
+        };
+        let mut stream = match seller.fetch(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                let e = seller_error(format!("the seller refused: {}", status.message()));
+                return Err(self.lapsed_or(d, e).await);
+            }
+            Err(status) => {
+                return Err(seller_error(format!(
+                    "the seller refused: {}",
+                    status.message()
+                )))
+            }
+        };
+        let broke = |status: &tonic::Status, got: u64| {
+            seller_error(format!(
+                "the transfer broke after {got} of {chunk_count} chunks ({})",
+                status.message()
+            ))
+        };
+
+        // The manifest and the plaintext leaves, checked against the
+        // listing before any chunk is taken.
+        let mut plain_leaves: Vec<Hash> = Vec::new();
+        let mut manifest_seen = false;
+        let mut part = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&files.part)
+            .map_err(io_error(&files.part))?;
+        let mut leaves_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.leaves)
+            .map_err(io_error(&files.leaves))?;
+        let ct_chunk = escrow::ciphertext_len(d.chunk_size as usize) as u64;
+        let mut next = from_chunk;
+        let mut started = false;
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => {
+                    progress.finish();
+                    return Err(seller_error(format!(
+                        "the seller stopped sending after {next} of {chunk_count} chunks"
+                    )));
+                }
+                Err(status) => {
+                    progress.finish();
+                    if status.code() == Code::FailedPrecondition {
+                        let e = broke(&status, next);
+                        return Err(self.lapsed_or(d, e).await);
+                    }
+                    return Err(broke(&status, next));
+                }
+            };
+            match message.part {
+                Some(Part::Manifest(m)) => {
+                    if manifest_seen
+                        || m.purchase_id != d.purchase_id
+                        || m.listing_id != d.listing_id
+                        || m.size != d.size
+                        || m.chunk_size != d.chunk_size
+                        || m.chunk_count != chunk_count
+                        || m.merkle_root.as_ref() != d.merkle_root.as_slice()
+                        || m.from_chunk != from_chunk
+                    {
+                        return Err(misbehaved(
+                            "a manifest that does not describe the listing bought".into(),
+                        ));
+                    }
+                    manifest_seen = true;
+                }
+                Some(Part::Leaves(batch)) => {
+                    if !manifest_seen
+                        || batch.first_index != plain_leaves.len() as u64
+                        || batch.leaves.len() % 32 != 0
+                        || plain_leaves.len() as u64 + (batch.leaves.len() / 32) as u64
+                            > chunk_count
+                    {
+                        return Err(misbehaved("malformed leaf hashes".into()));
+                    }
+                    plain_leaves.extend(batch.leaves.chunks_exact(32).map(|c| {
+                        let mut h = [0u8; 32];
+                        h.copy_from_slice(c);
+                        h
+                    }));
+                }
+                Some(Part::Chunk(chunk)) => {
+                    if !started {
+                        if plain_leaves.len() as u64 != chunk_count
+                            || merkle::root(&plain_leaves) != Some(d.merkle_root)
+                        {
+                            return Err(misbehaved(
+                                "leaf hashes that do not add up to the listing's root".into(),
+                            ));
+                        }
+                        std::fs::write(&files.manifest, plain_leaves.concat())
+                            .map_err(io_error(&files.manifest))?;
+                        started = true;
+                        progress.start(
+                            "fetching",
+                            d.size,
+                            (from_chunk * u64::from(d.chunk_size)).min(d.size),
+                        );
+                    }
+                    let plain = escrow::plain_chunk_len(d.size, d.chunk_size, next);
+                    if chunk.index != next
+                        || chunk.ciphertext.len() != escrow::ciphertext_len(plain)
+                    {
+                        return Err(misbehaved(format!(
+                            "chunk {} of {} bytes where chunk {next} of {} bytes was due",
+                            chunk.index,
+                            chunk.ciphertext.len(),
+                            escrow::ciphertext_len(plain)
+                        )));
+                    }
+                    part.seek(SeekFrom::Start(next * ct_chunk))
+                        .and_then(|_| part.write_all(&chunk.ciphertext))
+                        .map_err(io_error(&files.part))?;
+                    let leaf = escrow::ciphertext_leaf(&chunk.ciphertext);
+                    leaves_file
+                        .write_all(&leaf)
+                        .map_err(io_error(&files.leaves))?;
+                    ct_leaves.push(leaf);
+                    next += 1;
+                    progress.advance(plain as u64);
+                }
+                Some(Part::Sealed(sealed)) => {
+                    progress.finish();
+                    if next != chunk_count {
+                        return Err(misbehaved(format!(
+                            "the end of the file after {next} of {chunk_count} chunks"
+                        )));
+                    }
+                    let ours = merkle::root(&ct_leaves);
+                    if ours.as_ref().map(|h| h.as_slice()) != Some(sealed.ciphertext_root.as_ref())
+                    {
+                        // Start over on the next attempt.
+                        remove_files(files);
+                        return Err(misbehaved(
+                            "ciphertext that does not match the root it committed to".into(),
+                        ));
+                    }
+                    let root = ours.unwrap_or_default();
+                    self.store.bump_max_seen_index(sealed.deposit_index).await?;
+                    self.store.set_download_sealed(d.purchase_id, &root).await?;
+                    return Ok(root);
+                }
+                None => return Err(misbehaved("an empty message".into())),
+            }
+        }
+    }
+}
+
+/// The files of one download.
+#[derive(Debug, Clone)]
+struct Files {
+    dir: PathBuf,
+    part: PathBuf,
+    leaves: PathBuf,
+    manifest: PathBuf,
+}
+
+impl Files {
+    /// The leaves of the chunks received so far whose ciphertext in the part
+    /// file still hashes to them (a crash may have torn the last write);
+    /// the leaves file is cut back to those.
+    fn verified_leaves(&self, d: &Download) -> Result<Vec<Hash>, BuyError> {
+        let bytes = match std::fs::read(&self.leaves) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_error(&self.leaves)(e)),
+        };
+        let mut part = match File::open(&self.part) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // No ciphertext at all: start from chunk 0.
+                let _ = std::fs::remove_file(&self.leaves);
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(io_error(&self.part)(e)),
+        };
+        let mut good = Vec::new();
+        let mut buffer = Vec::new();
+        for (index, stored) in bytes.chunks_exact(32).enumerate() {
+            let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index as u64);
+            buffer.resize(escrow::ciphertext_len(plain), 0);
+            if fill(&mut part, &mut buffer).map_err(io_error(&self.part))? != buffer.len()
+                || escrow::ciphertext_leaf(&buffer).as_slice() != stored
+            {
+                break;
+            }
+            let mut h = [0u8; 32];
+            h.copy_from_slice(stored);
+            good.push(h);
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.leaves)
+            .map_err(io_error(&self.leaves))?;
+        file.set_len(good.len() as u64 * 32)
+            .map_err(io_error(&self.leaves))?;
+        Ok(good)
+    }
+
+    /// Whether every chunk is here (a sealed download interrupted before
+    /// settling).
+    fn complete(&self, d: &Download) -> Result<bool, BuyError> {
+        let leaves = self.verified_leaves(d)?;
+        Ok(
+            leaves.len() as u64 == merkle::chunk_count(d.size, d.chunk_size)
+                && merkle::root(&leaves) == d.ciphertext_root,
+        )
+    }
+}
+
+fn remove_files(files: &Files) {
+    for path in [&files.part, &files.leaves, &files.manifest] {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Decrypts every chunk, checks it against its plaintext leaf, and writes
+/// the file beside its destination, then renames it into place (on a
+/// blocking thread). Sends the bytes done to `progress`.
+fn decrypt_into_place(
+    d: &Download,
+    files: &Files,
+    key: &EscrowKey,
+    progress: &tokio::sync::mpsc::UnboundedSender<u64>,
+) -> Result<(), BuyError> {
+    let manifest = std::fs::read(&files.manifest).map_err(io_error(&files.manifest))?;
+    let chunk_count = merkle::chunk_count(d.size, d.chunk_size);
+    if manifest.len() as u64 != chunk_count * 32 {
+        return Err(BuyError::Io {
+            path: files.manifest.clone(),
+            source: std::io::Error::other("the stored leaf hashes are incomplete"),
+        });
+    }
+    let out = &d.out_path;
+    let dir = out.parent().unwrap_or_else(|| Path::new("."));
+    let name = out
+        .file_name()
+        .map_or_else(|| "download".into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!(".{name}.agora-{}.tmp", d.purchase_id));
+    let mut writer = File::create(&temp).map_err(io_error(&temp))?;
+    let mut part = File::open(&files.part).map_err(io_error(&files.part))?;
+    let cipher = ChunkCipher::new(key, d.purchase_id);
+    let mut buffer = Vec::new();
+    for index in 0..chunk_count {
+        let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index);
+        buffer.resize(escrow::ciphertext_len(plain), 0);
+        part.read_exact(&mut buffer)
+            .map_err(io_error(&files.part))?;
+        let expected = &manifest[(index as usize) * 32..(index as usize + 1) * 32];
+        let good = cipher.decrypt_in_place(index, &mut buffer).is_ok()
+            && merkle::leaf_hash(&buffer).as_slice() == expected;
+        if !good {
+            drop(writer);
+            let _ = std::fs::remove_file(&temp);
+            return Err(BuyError::BadChunk {
+                purchase_id: d.purchase_id,
+                index,
+                evidence: files.part.clone(),
+            });
+        }
+        writer.write_all(&buffer).map_err(io_error(&temp))?;
+        let _ = progress.send(plain as u64);
+    }
+    writer.sync_all().map_err(io_error(&temp))?;
+    drop(writer);
+    std::fs::rename(&temp, out).map_err(io_error(out))?;
+    if let Ok(d) = File::open(dir) {
+        // Make the rename itself durable.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_come_from_titles() {
+        assert_eq!(
+            default_file_name(3, "Rust book (2nd ed.)"),
+            "Rust_book__2nd_ed"
+        );
+        assert_eq!(default_file_name(3, "../../etc/passwd"), "etc_passwd");
+        assert_eq!(default_file_name(9, "///"), "listing-9");
+    }
+}
