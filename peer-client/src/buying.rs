@@ -720,12 +720,11 @@ fn decrypt_into_place(
     let mut part = File::open(&files.part).map_err(io_error(&files.part))?;
     let cipher = ChunkCipher::new(key, d.purchase_id);
     let mut buffer = Vec::new();
-    for index in 0..chunk_count {
+    for (index, expected) in (0..chunk_count).zip(manifest.chunks_exact(32)) {
         let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index);
         buffer.resize(escrow::ciphertext_len(plain), 0);
         part.read_exact(&mut buffer)
             .map_err(io_error(&files.part))?;
-        let expected = &manifest[(index as usize) * 32..(index as usize + 1) * 32];
         let good = cipher.decrypt_in_place(index, &mut buffer).is_ok()
             && merkle::leaf_hash(&buffer).as_slice() == expected;
         if !good {

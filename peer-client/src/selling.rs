@@ -363,26 +363,21 @@ impl Seller {
             client: "seller".into(),
             id: key.deposit_request.clone(),
         };
-        let reply = purchase::deposit_key(
-            &self.client,
-            purchase_id,
-            &key.escrow_key,
-            &root,
-            request,
-        )
-        .await
-        .map_err(|e| match e.status() {
-            Some(s) => Status::new(
-                s.code(),
-                format!(
-                    "the cluster refused the seller's key deposit: {}",
-                    s.message()
-                ),
-            ),
-            None => Status::unavailable(format!(
+        let reply =
+            purchase::deposit_key(&self.client, purchase_id, &key.escrow_key, &root, request)
+                .await
+                .map_err(|e| match e.status() {
+                    Some(s) => Status::new(
+                        s.code(),
+                        format!(
+                            "the cluster refused the seller's key deposit: {}",
+                            s.message()
+                        ),
+                    ),
+                    None => Status::unavailable(format!(
                 "the seller could not deposit the key with the cluster ({e}); resume in a moment"
             )),
-        })?;
+                })?;
         if let Err(e) = self.store.set_sale_deposited(purchase_id, &root).await {
             // The deposit is on the cluster; a later resume deposits the same
             // key and root again, which the cluster accepts.

@@ -392,6 +392,17 @@ struct Bar {
     done: u64,
     next_line: u64,
     started: Instant,
+    /// Bytes done when the phase started (a resumed download).
+    start_done: u64,
+}
+
+/// `bytes` over `secs`, as whole bytes per second.
+fn per_second(bytes: u64, secs: f64) -> u64 {
+    let rate = (bytes as f64 / secs).max(0.0);
+    // A rate below 2^64 bytes/s: the cast cannot truncate or lose a sign.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let rate = rate as u64;
+    rate
 }
 
 impl Bar {
@@ -405,6 +416,7 @@ impl Bar {
             done: 0,
             next_line: 0,
             started: Instant::now(),
+            start_done: 0,
         }
         .with_terminal(!json && terminal)
     }
@@ -431,6 +443,7 @@ impl Progress for Bar {
         self.phase = phase.to_owned();
         self.total = total;
         self.done = done;
+        self.start_done = done;
         self.started = Instant::now();
         self.next_line = done + total / 10;
         if let Some(bar) = &self.bar {
@@ -461,7 +474,7 @@ impl Progress for Bar {
                 human_size(self.done),
                 human_size(self.total),
                 self.done * 100 / self.total,
-                human_size((self.done as f64 / secs) as u64)
+                human_size(per_second(self.done - self.start_done, secs))
             );
             self.next_line = self.done + (self.total / 10).max(1);
         }
