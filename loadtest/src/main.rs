@@ -1,6 +1,7 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod buying;
 mod catalogue;
 mod cluster;
 mod latency;
@@ -30,6 +31,8 @@ enum Command {
     Ledger(ledger::LedgerArgs),
     /// Publish a synthetic catalogue, then search it on the followers.
     Catalogue(catalogue::CatalogueArgs),
+    /// Purchases settled per second, end to end (real seller, real peer TLS).
+    Buying(buying::BuyingArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
             Command::Logins(args) => logins::run(args).await,
             Command::Ledger(args) => ledger::run(args).await,
             Command::Catalogue(args) => catalogue::run(args).await,
+            Command::Buying(args) => buying::run(args).await,
         }
     });
     match result {

@@ -335,7 +335,13 @@ impl Buyer<'_> {
         if d.state == DownloadState::Fetching {
             let root = match d.ciphertext_root {
                 Some(root) if files.complete(&d)? => root,
-                _ => self.fetch(&d, &files, progress).await?,
+                _ => match self.fetch(&d, &files, progress).await {
+                    Ok(root) => root,
+                    // The seller cannot help: the purchase may be over
+                    // already, which is what the buyer should hear.
+                    Err(e @ BuyError::Seller { .. }) => return Err(self.lapsed_or(&d, e).await),
+                    Err(e) => return Err(e),
+                },
             };
             let key = self.settle(&d, &root).await?;
             self.store.set_download_paid(d.purchase_id, &key).await?;
@@ -456,9 +462,26 @@ impl Buyer<'_> {
         let chunk_count = merkle::chunk_count(d.size, d.chunk_size);
         let from_chunk = ct_leaves.len() as u64;
 
+        // A seller that restarted may listen elsewhere: ask where it is now
+        // (a resumed download), else use the address from the purchase.
+        let mut endpoint = d.seller_endpoint.clone();
+        if from_chunk > 0 || d.started_ms + 5_000 < now_ms() {
+            if let Ok(consistency) = read_your_writes(Some(self.store)).await {
+                if let Ok(Some(now)) =
+                    purchase::seller_endpoint(self.client, d.purchase_id, consistency).await
+                {
+                    if now != endpoint {
+                        self.store
+                            .set_download_endpoint(d.purchase_id, &now)
+                            .await?;
+                        endpoint = now;
+                    }
+                }
+            }
+        }
         let identity = PeerIdentity::from_signing_key(self.identity)?;
         let config = peer_tls::client_config(&identity, d.seller_key)?;
-        let channel = match peer_tls::connect(&d.seller_endpoint, config).await {
+        let channel = match peer_tls::connect(&endpoint, config).await {
             Ok(c) => c,
             Err(e) => return Err(seller_error(e.to_string())),
         };

@@ -171,6 +171,35 @@ pub async fn get(
         .ok_or_else(|| ClientError::Protocol(format!("purchase {purchase_id} came back empty")))
 }
 
+/// Where the seller of purchase `purchase_id` serves files now (`None`
+/// while it is offline).
+///
+/// # Errors
+/// `NOT_FOUND`, `PERMISSION_DENIED`, or the last error when no node
+/// answered.
+pub async fn seller_endpoint(
+    client: &ClusterClient,
+    purchase_id: u64,
+    consistency: ReadConsistency,
+) -> Result<Option<String>, ClientError> {
+    let request = GetPurchaseRequest {
+        purchase_id,
+        consistency: Some(consistency),
+    };
+    let reply = client
+        .call_followers_first(|channel| {
+            let mut purchases = client.purchase_on(channel);
+            async move {
+                purchases
+                    .get_purchase(request)
+                    .await
+                    .map(Response::into_inner)
+            }
+        })
+        .await?;
+    Ok(Some(reply.seller_endpoint).filter(|e| !e.is_empty()))
+}
+
 /// Most pages [`list`] follows.
 const MAX_PAGES: usize = 1_000;
 

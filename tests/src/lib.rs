@@ -17,13 +17,19 @@
 //! - `AGORA_TEST_LOG_LINES=N`: how many lines of each node's log to print
 //!   on drop (default 80, 0 for none).
 //! - `RUST_LOG`: passed through to the nodes.
+//!
+//! [`PeerCli`] runs the `agora` peer command line against a test cluster:
+//! commands that run to their end, and long-running ones (`agora serve`)
+//! whose output lines a test waits for.
 
 mod binaries;
+mod cli;
 mod cluster;
 mod node;
 mod wait;
 
 pub use binaries::{binary, SERVER_BINARY};
+pub use cli::{CliOutput, CliProcess, PeerCli, Pipe, PEER_BINARY, RUN_TIMEOUT};
 pub use cluster::{CertDir, TestCluster, TestOptions};
 pub use node::NodeInfo;
 pub use wait::{wait_for, Probe, POLL_INTERVAL};

@@ -287,6 +287,24 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Records where the seller serves now.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn set_download_endpoint(
+        &self,
+        purchase_id: u64,
+        endpoint: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE downloads SET seller_endpoint = ? WHERE purchase_id = ?")
+            .bind(endpoint)
+            .bind(to_i64(purchase_id))
+            .execute(&self.pool)
+            .await
+            .map_err(|source| database(&self.path, source))?;
+        Ok(())
+    }
+
     /// Records the released key: the download is paid.
     ///
     /// # Errors

@@ -290,9 +290,16 @@ impl PurchaseService for PurchaseApi {
                 "purchase {id} is not yours; only its buyer, its seller or an admin can see it"
             )));
         }
+        let seller_endpoint = store::catalogue::presence(self.node.state.readers(), row.seller_id)
+            .await
+            .map_err(|e| internal(&e))?
+            .filter(|p| p.online)
+            .map(|p| p.endpoint)
+            .unwrap_or_default();
         Ok(Response::new(GetPurchaseReply {
             purchase: Some(to_proto(&row)),
             applied_index,
+            seller_endpoint,
         }))
     }
 
