@@ -13,9 +13,29 @@ use agora_proto::market::{
     PurchaseRole, PurchasesRequest, ReadConsistency, RequestId, TicketKeyRequest,
 };
 use ed25519_dalek::VerifyingKey;
-use tonic::Response;
+use std::future::Future;
 
-use crate::{ClientError, ClusterClient};
+use tonic::{Response, Status};
+
+use crate::{ClientError, ClusterClient, PurchaseClient};
+
+/// Runs a purchase write on the leader (retried through elections with the
+/// same request, so it is applied once).
+async fn on_leader<Req, Rep, F, Fut>(
+    client: &ClusterClient,
+    request: Req,
+    call: F,
+) -> Result<Rep, ClientError>
+where
+    Req: Clone,
+    F: Fn(PurchaseClient, Req) -> Fut,
+    Fut: Future<Output = Result<Response<Rep>, Status>>,
+{
+    Ok(client
+        .call_leader(|channel| call(client.purchase_on(channel), request.clone()))
+        .await?
+        .into_inner())
+}
 
 /// Opens a purchase of `listing_id`: the price is held on the caller's
 /// account for `hold_seconds` (0 = the cluster's default).
@@ -35,18 +55,10 @@ pub async fn begin(
         listing_id,
         hold_seconds,
     };
-    Ok(client
-        .call_leader(|channel| {
-            let request = request.clone();
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .begin_purchase(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?)
+    on_leader(client, request, |mut purchases, request| async move {
+        purchases.begin_purchase(request).await
+    })
+    .await
 }
 
 /// The seller deposits `key` and the ciphertext root of purchase
@@ -68,18 +80,10 @@ pub async fn deposit_key(
         key: key.to_vec(),
         ciphertext_root: ciphertext_root.to_vec(),
     };
-    Ok(client
-        .call_leader(|channel| {
-            let request = request.clone();
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .deposit_key(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?)
+    on_leader(client, request, |mut purchases, request| async move {
+        purchases.deposit_key(request).await
+    })
+    .await
 }
 
 /// The buyer settles purchase `purchase_id` with the root of the
@@ -99,18 +103,10 @@ pub async fn complete(
         purchase_id,
         ciphertext_root: ciphertext_root.to_vec(),
     };
-    Ok(client
-        .call_leader(|channel| {
-            let request = request.clone();
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .complete_purchase(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?)
+    on_leader(client, request, |mut purchases, request| async move {
+        purchases.complete_purchase(request).await
+    })
+    .await
 }
 
 /// The buyer gives up purchase `purchase_id`; the money is available again.
@@ -127,18 +123,10 @@ pub async fn cancel(
         request_id: Some(request_id),
         purchase_id,
     };
-    Ok(client
-        .call_leader(|channel| {
-            let request = request.clone();
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .cancel_purchase(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?)
+    on_leader(client, request, |mut purchases, request| async move {
+        purchases.cancel_purchase(request).await
+    })
+    .await
 }
 
 /// One purchase, from a follower if one answers.

@@ -22,12 +22,14 @@
 //! commands that run to their end, and long-running ones (`agora serve`)
 //! whose output lines a test waits for.
 
+mod audit;
 mod binaries;
 mod cli;
 mod cluster;
 mod node;
 mod wait;
 
+pub use audit::wait_clean_audit;
 pub use binaries::{binary, SERVER_BINARY};
 pub use cli::{CliOutput, CliProcess, PeerCli, Pipe, PEER_BINARY, RUN_TIMEOUT};
 pub use cluster::{CertDir, TestCluster, TestOptions};

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_peer::ledger::{self, NewHold};
+use agora_peer::RetryPolicy;
 use agora_peer::{account, is_retryable, new_request_id, request_id, ClientError, ClusterClient};
-use agora_peer::{ledger::ClusterAudit, RetryPolicy};
 use agora_proto::amount::MAX_AMOUNT;
 use agora_proto::market::{BalanceReply, CashFlow, ReadConsistency, WithdrawRequest};
-use agora_tests::{binary, wait_for, Probe, TestCluster, TestOptions};
+use agora_tests::{binary, wait_clean_audit, wait_for, Probe, TestCluster, TestOptions};
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -199,33 +199,6 @@ async fn journal_matches_balance(user: &User) -> anyhow::Result<Vec<CashFlow>> {
         balance.balance
     );
     Ok(entries)
-}
-
-/// Audits every node of `client` until all are clean at one index with one
-/// digest; returns that index and digest.
-async fn wait_clean_audit(client: &ClusterClient, what: &str) -> anyhow::Result<(u64, String)> {
-    wait_for(what, CONVERGE, || async {
-        let audit: ClusterAudit =
-            ledger::audit_cluster(client, ledger::AUDIT_ROUNDS, ledger::AUDIT_PAUSE).await;
-        Ok(match (audit.is_clean(), audit.agreed()) {
-            (true, Some(agreed)) => Probe::Ready(agreed),
-            _ => {
-                // A node's own checks failing is no matter of time.
-                for node in &audit.nodes {
-                    if let Ok(reply) = &node.result {
-                        anyhow::ensure!(
-                            reply.clean && reply.problems.is_empty(),
-                            "node {} audits its ledger as not clean: {:?}",
-                            node.id,
-                            reply.problems
-                        );
-                    }
-                }
-                Probe::NotYet(audit.problems().join("; "))
-            }
-        })
-    })
-    .await
 }
 
 /// What one operation of the crash stream was.
@@ -593,7 +566,7 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
         Code::InvalidArgument,
         "a commission above 100%",
     )?;
-    let audit = wait_clean_audit(&admin, "a clean audit after the sales").await?;
+    let audit = wait_clean_audit(&admin, "a clean audit after the sales", CONVERGE).await?;
     assert!(audit.0 >= set.index);
     let seller_flows = journal_matches_balance(&seller).await?;
     for entry in &seller_flows {
@@ -915,7 +888,8 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     // The audit is clean on the survivors, at one index with one digest.
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
     let live = client_for(&cluster, &survivors, true)?;
-    let (index, digest) = wait_clean_audit(&live, "a clean audit on the survivors").await?;
+    let (index, digest) =
+        wait_clean_audit(&live, "a clean audit on the survivors", CONVERGE).await?;
     eprintln!(
         "[{:>5.1}s] survivors clean at {index} ({digest})",
         test_started.elapsed().as_secs_f64()
@@ -924,8 +898,12 @@ async fn ledger_end_to_end() -> anyhow::Result<()> {
     // The old leader comes back, catches up, and agrees.
     cluster.restart(leader).await?;
     let everyone_again = client_for(&cluster, &all, true)?;
-    let (index, digest) =
-        wait_clean_audit(&everyone_again, "a clean audit on all three nodes").await?;
+    let (index, digest) = wait_clean_audit(
+        &everyone_again,
+        "a clean audit on all three nodes",
+        CONVERGE,
+    )
+    .await?;
     let (ok, out, err) = agora_admin(&cluster_file, &admin_home, &["audit"]).await?;
     assert!(
         ok && out.contains("ledger audit: clean on all 3 nodes at index"),

@@ -48,10 +48,12 @@ use std::io::{BufWriter, Read as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agora_peer::ledger::{self, ClusterAudit};
+use agora_peer::ledger;
 use agora_peer::{account, new_request_id, purchase, ClusterClient};
 use agora_proto::market::{BalanceReply, PurchaseRole, PurchaseState, ReadConsistency};
-use agora_tests::{wait_for, CliProcess, PeerCli, Pipe, Probe, TestCluster, TestOptions};
+use agora_tests::{
+    wait_clean_audit, wait_for, CliProcess, PeerCli, Pipe, Probe, TestCluster, TestOptions,
+};
 use anyhow::Context as _;
 use serde_json::Value;
 
@@ -220,33 +222,6 @@ fn assert_sold(before: Money, after: Money, price: u64, what: &str) -> anyhow::R
         "{what}: the operator should have got {fee} cents: before {before:?}, after {after:?}"
     );
     Ok(())
-}
-
-/// Audits every node of `client` until all are clean at one index with one
-/// digest; returns that index and digest.
-async fn wait_clean_audit(client: &ClusterClient, what: &str) -> anyhow::Result<(u64, String)> {
-    wait_for(what, CONVERGE, || async {
-        let audit: ClusterAudit =
-            ledger::audit_cluster(client, ledger::AUDIT_ROUNDS, ledger::AUDIT_PAUSE).await;
-        Ok(match (audit.is_clean(), audit.agreed()) {
-            (true, Some(agreed)) => Probe::Ready(agreed),
-            _ => {
-                // A node's own checks failing is no matter of time.
-                for node in &audit.nodes {
-                    if let Ok(reply) = &node.result {
-                        anyhow::ensure!(
-                            reply.clean && reply.problems.is_empty(),
-                            "node {} audits its ledger as not clean: {:?}",
-                            node.id,
-                            reply.problems
-                        );
-                    }
-                }
-                Probe::NotYet(audit.problems().join("; "))
-            }
-        })
-    })
-    .await
 }
 
 /// Writes `size` pseudo-random bytes from `seed` to `path`. A splitmix64
@@ -607,7 +582,7 @@ async fn buying_end_to_end() -> anyhow::Result<()> {
         "{shown}"
     );
     assert_eq!(shown["held_cents"].as_u64(), Some(0), "{shown}");
-    wait_clean_audit(&admin, "a clean audit after the first sale").await?;
+    wait_clean_audit(&admin, "a clean audit after the first sale", CONVERGE).await?;
     eprintln!(
         "[{:>5.1}s] 1. bought 20 MiB (purchase {p_aurora}); money and audit right",
         elapsed()
@@ -848,6 +823,7 @@ async fn buying_end_to_end() -> anyhow::Result<()> {
     let (index, digest) = wait_clean_audit(
         &every_node,
         "a clean audit on all three nodes after the crash",
+        CONVERGE,
     )
     .await?;
     eprintln!(
@@ -1123,7 +1099,7 @@ async fn buying_end_to_end() -> anyhow::Result<()> {
         settled(false),
         "the seller's settled holds"
     );
-    let (index, digest) = wait_clean_audit(&admin, "a clean audit at the end").await?;
+    let (index, digest) = wait_clean_audit(&admin, "a clean audit at the end", CONVERGE).await?;
     eprintln!(
         "[{:>5.1}s] all three nodes clean at {index} ({digest}); done",
         elapsed()
