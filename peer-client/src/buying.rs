@@ -458,7 +458,7 @@ impl Buyer<'_> {
             what,
         };
         std::fs::create_dir_all(&files.dir).map_err(io_error(&files.dir))?;
-        let mut ct_leaves = files.verified_leaves(d)?;
+        let ct_leaves = files.verified_leaves(d)?;
         let chunk_count = merkle::chunk_count(d.size, d.chunk_size);
         let from_chunk = ct_leaves.len() as u64;
 
@@ -516,19 +516,7 @@ impl Buyer<'_> {
         // listing before any chunk is taken.
         let mut plain_leaves: Vec<Hash> = Vec::new();
         let mut manifest_seen = false;
-        let mut part = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&files.part)
-            .map_err(io_error(&files.part))?;
-        let mut leaves_file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&files.leaves)
-            .map_err(io_error(&files.leaves))?;
-        let ct_chunk = escrow::ciphertext_len(d.chunk_size as usize) as u64;
+        let mut writer = ChunkWriter::start(files, d.chunk_size, ct_leaves)?;
         let mut next = from_chunk;
         let mut started = false;
         loop {
@@ -610,14 +598,7 @@ impl Buyer<'_> {
                             escrow::ciphertext_len(plain)
                         )));
                     }
-                    part.seek(SeekFrom::Start(next * ct_chunk))
-                        .and_then(|_| part.write_all(&chunk.ciphertext))
-                        .map_err(io_error(&files.part))?;
-                    let leaf = escrow::ciphertext_leaf(&chunk.ciphertext);
-                    leaves_file
-                        .write_all(&leaf)
-                        .map_err(io_error(&files.leaves))?;
-                    ct_leaves.push(leaf);
+                    writer.write(chunk).await?;
                     next += 1;
                     progress.advance(plain as u64);
                 }
@@ -628,6 +609,7 @@ impl Buyer<'_> {
                             "the end of the file after {next} of {chunk_count} chunks"
                         )));
                     }
+                    let ct_leaves = writer.finish().await?;
                     let ours = merkle::root(&ct_leaves);
                     if ours.as_ref().map(|h| h.as_slice()) != Some(sealed.ciphertext_root.as_ref())
                     {
@@ -645,6 +627,86 @@ impl Buyer<'_> {
                 None => return Err(misbehaved("an empty message".into())),
             }
         }
+    }
+}
+
+/// Chunks queued for the disk while the network keeps receiving.
+const WRITE_AHEAD: usize = 8;
+
+/// Writes received chunks at their offsets in the part file and appends
+/// their leaves, on a blocking thread, so that receiving (TLS, HTTP/2) runs
+/// beside the disk writes and the hashing instead of waiting for them.
+struct ChunkWriter {
+    /// `None` once closed: the writer then finishes what is queued.
+    queue: Option<tokio::sync::mpsc::Sender<agora_proto::peer::Chunk>>,
+    task: tokio::task::JoinHandle<Result<Vec<Hash>, BuyError>>,
+}
+
+impl ChunkWriter {
+    /// Opens the files; `leaves` are those of the chunks already there.
+    fn start(files: &Files, chunk_size: u32, mut leaves: Vec<Hash>) -> Result<Self, BuyError> {
+        let mut part = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&files.part)
+            .map_err(io_error(&files.part))?;
+        let mut leaves_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&files.leaves)
+            .map_err(io_error(&files.leaves))?;
+        let ct_chunk = escrow::ciphertext_len(chunk_size as usize) as u64;
+        let (queue, mut chunks) =
+            tokio::sync::mpsc::channel::<agora_proto::peer::Chunk>(WRITE_AHEAD);
+        let files = files.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = chunks.blocking_recv() {
+                part.seek(SeekFrom::Start(chunk.index * ct_chunk))
+                    .and_then(|_| part.write_all(&chunk.ciphertext))
+                    .map_err(io_error(&files.part))?;
+                let leaf = escrow::ciphertext_leaf(&chunk.ciphertext);
+                leaves_file
+                    .write_all(&leaf)
+                    .map_err(io_error(&files.leaves))?;
+                leaves.push(leaf);
+            }
+            Ok(leaves)
+        });
+        Ok(Self {
+            queue: Some(queue),
+            task,
+        })
+    }
+
+    /// Queues the next chunk (in order).
+    async fn write(&mut self, chunk: agora_proto::peer::Chunk) -> Result<(), BuyError> {
+        let sent = match &self.queue {
+            Some(queue) => queue.send(chunk).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            // The writer stopped: its error says why.
+            self.queue = None;
+            return Err(self.join().await.err().unwrap_or_else(|| {
+                ClientError::Protocol("the chunk writer stopped early".into()).into()
+            }));
+        }
+        Ok(())
+    }
+
+    async fn join(&mut self) -> Result<Vec<Hash>, BuyError> {
+        (&mut self.task)
+            .await
+            .map_err(|e| ClientError::Protocol(format!("the chunk writer stopped: {e}")))?
+    }
+
+    /// Waits for every queued chunk to be written; the leaves of all the
+    /// chunks, in order.
+    async fn finish(mut self) -> Result<Vec<Hash>, BuyError> {
+        self.queue = None;
+        self.join().await
     }
 }
 
@@ -742,15 +804,35 @@ fn decrypt_into_place(
     let mut writer = File::create(&temp).map_err(io_error(&temp))?;
     let mut part = File::open(&files.part).map_err(io_error(&files.part))?;
     let cipher = ChunkCipher::new(key, d.purchase_id);
-    let mut buffer = Vec::new();
-    for (index, expected) in (0..chunk_count).zip(manifest.chunks_exact(32)) {
-        let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index);
-        buffer.resize(escrow::ciphertext_len(plain), 0);
-        part.read_exact(&mut buffer)
-            .map_err(io_error(&files.part))?;
-        let good = cipher.decrypt_in_place(index, &mut buffer).is_ok()
-            && merkle::leaf_hash(&buffer).as_slice() == expected;
-        if !good {
+    let batch = crate::parallel::batch_len() as u64;
+    let mut first = 0;
+    while first < chunk_count {
+        let end = (first + batch).min(chunk_count);
+        // Read the batch in order, decrypt and check it on every core, then
+        // write it in order.
+        let mut chunks = Vec::new();
+        for index in first..end {
+            let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index);
+            let mut buffer = vec![0u8; escrow::ciphertext_len(plain)];
+            part.read_exact(&mut buffer)
+                .map_err(io_error(&files.part))?;
+            chunks.push(buffer);
+        }
+        let checked = crate::parallel::for_each(&mut chunks, |i, buffer| {
+            let index = first + i as u64;
+            let at = usize::try_from(index)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(32);
+            let expected = manifest.get(at..at + 32);
+            let good = cipher.decrypt_in_place(index, buffer).is_ok()
+                && expected == Some(merkle::leaf_hash(buffer).as_slice());
+            if good {
+                Ok(())
+            } else {
+                Err(index)
+            }
+        });
+        if let Err(index) = checked {
             drop(writer);
             let _ = std::fs::remove_file(&temp);
             return Err(BuyError::BadChunk {
@@ -759,8 +841,11 @@ fn decrypt_into_place(
                 evidence: files.part.clone(),
             });
         }
-        writer.write_all(&buffer).map_err(io_error(&temp))?;
-        let _ = progress.send(plain as u64);
+        for buffer in &chunks {
+            writer.write_all(buffer).map_err(io_error(&temp))?;
+            let _ = progress.send(buffer.len() as u64);
+        }
+        first = end;
     }
     writer.sync_all().map_err(io_error(&temp))?;
     drop(writer);

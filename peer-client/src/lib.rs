@@ -29,6 +29,7 @@ mod cluster;
 mod error;
 pub mod ledger;
 pub mod local;
+mod parallel;
 pub mod password;
 pub mod peer_tls;
 pub mod presence;

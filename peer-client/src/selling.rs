@@ -15,9 +15,9 @@
 //! starts past chunk 0 before the key was deposited re-encrypts the skipped
 //! chunks (without sending them) to learn their ciphertext leaves.
 //!
-//! Memory stays flat whatever the file size: one chunk is read, encrypted
-//! and handed to a bounded channel at a time (at most [`PIPELINE_CHUNKS`]
-//! chunks per transfer in flight).
+//! Memory stays flat whatever the file size: a small batch of chunks (a
+//! few per core) is read, encrypted on every core and handed to a bounded
+//! channel (at most [`PIPELINE_CHUNKS`] chunks per transfer queued).
 
 use std::fs::File;
 use std::future::Future;
@@ -463,31 +463,49 @@ fn encrypt_file(
     file.seek(SeekFrom::Start(start * u64::from(job.chunk_size)))
         .map_err(read_error)?;
     let mut tree = MerkleBuilder::new();
-    for index in start..chunk_count {
-        let len = escrow::plain_chunk_len(job.size, job.chunk_size, index);
-        let mut chunk = Vec::with_capacity(escrow::ciphertext_len(len));
-        chunk.resize(len, 0);
-        if fill(&mut file, &mut chunk).map_err(read_error)? != len {
-            return Err(Status::failed_precondition(
-                "the seller's file is shorter than when it was published; it cannot be sold until it is published again",
-            ));
+    let batch = crate::parallel::batch_len() as u64;
+    let mut first = start;
+    while first < chunk_count {
+        let end = (first + batch).min(chunk_count);
+        // Read the batch in order, encrypt and hash it on every core, then
+        // send it in order.
+        let mut chunks = Vec::new();
+        for index in first..end {
+            let len = escrow::plain_chunk_len(job.size, job.chunk_size, index);
+            let mut chunk = Vec::with_capacity(escrow::ciphertext_len(len));
+            chunk.resize(len, 0);
+            if fill(&mut file, &mut chunk).map_err(read_error)? != len {
+                return Err(Status::failed_precondition(
+                    "the seller's file is shorter than when it was published; it cannot be sold until it is published again",
+                ));
+            }
+            chunks.push((chunk, [0u8; 32]));
         }
-        cipher.encrypt_in_place(index, &mut chunk);
-        if job.need_prefix {
-            tree.push(escrow::ciphertext_leaf(&chunk));
-        }
-        if index >= job.from_chunk {
-            let part = Part::Chunk(Chunk {
-                index,
-                ciphertext: chunk.into(),
-            });
-            if tx
-                .blocking_send(Ok(FetchReply { part: Some(part) }))
-                .is_err()
-            {
-                return Ok(None);
+        crate::parallel::for_each(&mut chunks, |i, (chunk, leaf)| {
+            cipher.encrypt_in_place(first + i as u64, chunk);
+            if job.need_prefix {
+                *leaf = escrow::ciphertext_leaf(chunk);
+            }
+            Ok::<(), Status>(())
+        })?;
+        for (index, (chunk, leaf)) in (first..end).zip(chunks) {
+            if job.need_prefix {
+                tree.push(leaf);
+            }
+            if index >= job.from_chunk {
+                let part = Part::Chunk(Chunk {
+                    index,
+                    ciphertext: chunk.into(),
+                });
+                if tx
+                    .blocking_send(Ok(FetchReply { part: Some(part) }))
+                    .is_err()
+                {
+                    return Ok(None);
+                }
             }
         }
+        first = end;
     }
     Ok(Some(if job.need_prefix { tree.finish() } else { None }))
 }
