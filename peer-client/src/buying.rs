@@ -19,6 +19,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 
+use agora_proto::dispute;
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
 use agora_proto::market::{PurchaseState, RequestId};
 use agora_proto::merkle::{self, Hash};
@@ -111,6 +112,27 @@ pub enum BuyError {
         purchase_id: u64,
         /// The chunk.
         index: u64,
+        /// The ciphertext file.
+        evidence: PathBuf,
+    },
+    /// A chunk was bad after payment; the dispute was proven and the sale
+    /// reversed.
+    #[error("purchase {purchase_id}: chunk {index} did not match the listing after decryption, so the seller cheated. The cluster checked the proof and reversed the sale: the price is back on your account and the seller has a strike")]
+    Refunded {
+        /// The purchase.
+        purchase_id: u64,
+        /// The bad chunk.
+        index: u64,
+    },
+    /// A chunk was bad after payment, but the dispute was refused.
+    #[error("purchase {purchase_id}: chunk {index} does not match the listing, but the dispute was refused ({reason}); the evidence is kept in {}", evidence.display())]
+    DisputeRefused {
+        /// The purchase.
+        purchase_id: u64,
+        /// The bad chunk.
+        index: u64,
+        /// Why the cluster refused.
+        reason: String,
         /// The ciphertext file.
         evidence: PathBuf,
     },
@@ -268,6 +290,7 @@ impl Buyer<'_> {
             escrow_key: None,
             started_ms: now_ms(),
             finished_ms: None,
+            disputed: false,
         };
         self.store.save_download(&download).await?;
         self.finish(download, progress).await
@@ -363,9 +386,14 @@ impl Buyer<'_> {
                 progress.advance(bytes);
             }
             progress.finish();
-            writer
+            let written = writer
                 .await
-                .map_err(|e| ClientError::Protocol(format!("writing the file stopped: {e}")))??;
+                .map_err(|e| ClientError::Protocol(format!("writing the file stopped: {e}")))?;
+            if let Err(BuyError::BadChunk { index, .. }) = written {
+                // Paid for a bad chunk: prove it and get the money back.
+                return Err(self.dispute(&d, &files, index).await);
+            }
+            written?;
             self.store
                 .finish_download(d.purchase_id, DownloadState::Done, now_ms())
                 .await?;
@@ -385,6 +413,37 @@ impl Buyer<'_> {
                 listing_id: d.listing_id,
                 state: "expired",
             }),
+        }
+    }
+
+    /// Files a dispute for bad chunk `index` of a paid download: the proof
+    /// is the chunk's ciphertext with its path to the committed ciphertext
+    /// root, and the listing's leaf with its path to the listing's root.
+    async fn dispute(&self, d: &Download, files: &Files, index: u64) -> BuyError {
+        let evidence = match files.evidence(d, index) {
+            Ok(e) => e,
+            Err(e) => return e,
+        };
+        let request = request_id(format!("user:{}", self.user_id));
+        match purchase::dispute(self.client, d.purchase_id, evidence, request).await {
+            Ok(reply) => {
+                if let Err(e) = self.store.bump_max_seen_index(reply.index).await {
+                    return e.into();
+                }
+                if let Err(e) = self.store.set_download_disputed(d.purchase_id, now_ms()).await {
+                    return e.into();
+                }
+                BuyError::Refunded {
+                    purchase_id: d.purchase_id,
+                    index,
+                }
+            }
+            Err(e) => BuyError::DisputeRefused {
+                purchase_id: d.purchase_id,
+                index,
+                reason: e.to_string(),
+                evidence: files.part.clone(),
+            },
         }
     }
 
@@ -759,6 +818,37 @@ impl Files {
         file.set_len(good.len() as u64 * 32)
             .map_err(io_error(&self.leaves))?;
         Ok(good)
+    }
+
+    /// The encoded dispute evidence for chunk `index`.
+    fn evidence(&self, d: &Download, index: u64) -> Result<Vec<u8>, BuyError> {
+        let hashes = |path: &Path| -> Result<Vec<Hash>, BuyError> {
+            let bytes = std::fs::read(path).map_err(io_error(path))?;
+            Ok(bytes
+                .chunks_exact(32)
+                .map(|c| {
+                    let mut h = [0u8; 32];
+                    h.copy_from_slice(c);
+                    h
+                })
+                .collect())
+        };
+        let ciphertext_leaves = hashes(&self.leaves)?;
+        let plaintext_leaves = hashes(&self.manifest)?;
+        let plain = escrow::plain_chunk_len(d.size, d.chunk_size, index);
+        let mut ciphertext = vec![0u8; escrow::ciphertext_len(plain)];
+        let mut part = File::open(&self.part).map_err(io_error(&self.part))?;
+        part.seek(SeekFrom::Start(
+            index * escrow::ciphertext_len(d.chunk_size as usize) as u64,
+        ))
+        .and_then(|_| part.read_exact(&mut ciphertext))
+        .map_err(io_error(&self.part))?;
+        let evidence =
+            dispute::evidence(index, ciphertext, &ciphertext_leaves, &plaintext_leaves)
+                .ok_or_else(|| {
+                    ClientError::Protocol(format!("no evidence can be made for chunk {index}"))
+                })?;
+        Ok(dispute::encode(&evidence))
     }
 
     /// Whether every chunk is here (a sealed download interrupted before

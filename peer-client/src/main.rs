@@ -116,6 +116,8 @@ enum Command {
     Cancel(cli::trade::Cancel),
     /// Show what you sold: buyer, price, what you got, when.
     Sales(cli::trade::Sales),
+    /// Show the purchases you disputed and got refunded.
+    Disputes(cli::trade::Disputes),
     /// Write a value to the replicated key/value register.
     Put {
         /// Key (1 to 256 bytes).
@@ -219,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Resume(command) => command.run(&peer()?).await?,
         Command::Cancel(command) => command.run(&peer()?).await?,
         Command::Sales(command) => command.run(&peer()?).await?,
+        Command::Disputes(command) => command.run(&peer()?).await?,
         Command::Put {
             key,
             value,

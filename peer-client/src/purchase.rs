@@ -9,7 +9,7 @@
 
 use agora_proto::market::{
     BeginPurchaseReply, BeginPurchaseRequest, CancelPurchaseRequest, CompletePurchaseReply,
-    CompletePurchaseRequest, DepositKeyRequest, GetPurchaseRequest, Purchase, PurchaseReply,
+    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseRequest, Purchase, PurchaseReply,
     PurchaseRole, PurchasesRequest, ReadConsistency, RequestId, TicketKeyRequest,
 };
 use ed25519_dalek::VerifyingKey;
@@ -252,4 +252,29 @@ pub async fn ticket_key(client: &ClusterClient) -> Result<VerifyingKey, ClientEr
         .map_err(|_| ClientError::Protocol("the ticket key is not 32 bytes".into()))?;
     VerifyingKey::from_bytes(&bytes)
         .map_err(|_| ClientError::Protocol("the ticket key is not an ed25519 key".into()))
+}
+
+/// The buyer disputes purchase `purchase_id` with `evidence` (encoded by
+/// [`agora_proto::dispute::encode`]): the sale is reversed if the proof
+/// holds and the dispute window is open.
+///
+/// # Errors
+/// `FAILED_PRECONDITION` for a proof that does not hold (the chunk is
+/// good, or the evidence is not this purchase's) or a closed window, or
+/// the last error once the retries are used up.
+pub async fn dispute(
+    client: &ClusterClient,
+    purchase_id: u64,
+    evidence: Vec<u8>,
+    request_id: RequestId,
+) -> Result<PurchaseReply, ClientError> {
+    let request = DisputeRequest {
+        request_id: Some(request_id),
+        purchase_id,
+        evidence,
+    };
+    on_leader(client, request, |mut purchases, request| async move {
+        purchases.dispute(request).await
+    })
+    .await
 }

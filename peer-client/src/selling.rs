@@ -84,6 +84,9 @@ pub struct Seller {
     ticket_key: VerifyingKey,
     /// Caps concurrent transfers.
     slots: Arc<Semaphore>,
+    /// A chunk whose plaintext is corrupted before encryption (tests of
+    /// disputes only; always `None` otherwise).
+    corrupt_chunk: Option<u64>,
 }
 
 impl Seller {
@@ -103,7 +106,18 @@ impl Seller {
             seller_id,
             ticket_key,
             slots: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+            corrupt_chunk: None,
         })
+    }
+
+    /// A dishonest seller, for tests of disputes: it flips a byte of chunk
+    /// `index`'s plaintext before encrypting it, so its ciphertext root is
+    /// consistent with what it sends but the chunk is not the listing's.
+    #[cfg(feature = "fault-injection")]
+    #[must_use]
+    pub fn corrupting_chunk(mut self, index: u64) -> Self {
+        self.corrupt_chunk = Some(index);
+        self
     }
 
     /// Serves on `listener` until `shutdown` resolves: peer TLS with
@@ -325,6 +339,7 @@ impl Seller {
         let chunks_tx = tx.clone();
         let path = listing.path.clone();
         let (size, chunk_size) = (listing.size, listing.chunk_size);
+        let corrupt_chunk = self.corrupt_chunk;
         let streamed = tokio::task::spawn_blocking(move || {
             encrypt_file(
                 &EncryptJob {
@@ -334,6 +349,7 @@ impl Seller {
                     purchase_id,
                     from_chunk,
                     need_prefix: sealed_before.is_none(),
+                    corrupt_chunk,
                 },
                 &escrow_key,
                 &chunks_tx,
@@ -441,6 +457,8 @@ struct EncryptJob {
     /// Whether the ciphertext root is still to be learned (then the chunks
     /// before `from_chunk` are encrypted too, and not sent).
     need_prefix: bool,
+    /// See [`Seller::corrupting_chunk`].
+    corrupt_chunk: Option<u64>,
 }
 
 /// Reads, encrypts and sends the chunks (on a blocking thread). Returns
@@ -478,6 +496,11 @@ fn encrypt_file(
                 return Err(Status::failed_precondition(
                     "the seller's file is shorter than when it was published; it cannot be sold until it is published again",
                 ));
+            }
+            if job.corrupt_chunk == Some(index) {
+                if let Some(byte) = chunk.first_mut() {
+                    *byte ^= 0xff;
+                }
             }
             chunks.push((chunk, [0u8; 32]));
         }

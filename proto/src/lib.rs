@@ -8,6 +8,7 @@
 pub mod amount;
 pub mod auth;
 pub mod cluster_file;
+pub mod dispute;
 pub mod escrow;
 pub mod listing;
 pub mod merkle;

@@ -411,8 +411,10 @@ async fn expire_holds(node: &Node) {
     let readers = node.state.readers();
     let holds = crate::store::ledger::expired_holds(readers, now, 1).await;
     let purchases = crate::store::purchases::expired(readers, now, 1).await;
+    let proceeds = crate::store::purchases::due_proceeds(readers, now, 1).await;
     if matches!(holds, Ok(ref ids) if !ids.is_empty())
         || matches!(purchases, Ok(ref ids) if !ids.is_empty())
+        || matches!(proceeds, Ok(ref ids) if !ids.is_empty())
     {
         let proposal = Proposal {
             request: None,

@@ -232,7 +232,7 @@ pub async fn run(
         )
         .add_service(
             PurchaseServiceServer::new(PurchaseApi::new(node.clone(), config.purchase_hold_ms))
-                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+                .max_decoding_message_size(crate::grpc::purchase::MAX_DISPUTE_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(no_delay(listeners.api), stopped());
     let raft_server = Server::builder()

@@ -262,6 +262,13 @@ impl Show {
             ("title", listing.title.clone()),
             ("price", format_amount(listing.price)),
             ("seller", listing.seller.clone()),
+            (
+                "reputation",
+                format!(
+                    "{} sale(s), {} lost dispute(s)",
+                    listing.seller_sales, listing.seller_strikes
+                ),
+            ),
             ("online", yes_no(listing.seller_online)),
             ("on sale", yes_no(listing.active)),
             ("topic", listing.topic.clone()),
@@ -673,6 +680,8 @@ pub fn listing_json(listing: &Listing) -> Value {
         "seller": listing.seller,
         "seller_id": listing.seller_id,
         "online": listing.seller_online,
+        "seller_sales": listing.seller_sales,
+        "seller_strikes": listing.seller_strikes,
         "size": listing.size,
         "chunk_size": listing.chunk_size,
         "topic": listing.topic,

@@ -33,13 +33,26 @@ pub async fn balance(peer: &Peer) -> anyhow::Result<()> {
                 "balance_cents": reply.balance,
                 "held_cents": reply.held,
                 "available_cents": reply.available,
+                "pending": format_amount(reply.pending),
+                "pending_cents": reply.pending,
                 "applied_index": reply.applied_index,
             })
         );
     } else {
-        let amounts = [reply.balance, reply.held, reply.available].map(format_amount);
+        // Held money is the open purchases plus the sales still in their
+        // dispute window ("pending").
+        let amounts = [
+            reply.balance,
+            reply.held.saturating_sub(reply.pending),
+            reply.pending,
+            reply.available,
+        ]
+        .map(format_amount);
         let width = amounts.iter().map(String::len).max().unwrap_or(0);
-        for (label, amount) in ["balance", "held", "available"].iter().zip(&amounts) {
+        for (label, amount) in ["balance", "held", "pending", "available"]
+            .iter()
+            .zip(&amounts)
+        {
             println!("{label:<9}  {amount:>width$}");
         }
     }

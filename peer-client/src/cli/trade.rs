@@ -223,7 +223,7 @@ impl Downloads {
                 d.purchase_id.to_string(),
                 d.listing_id.to_string(),
                 d.title.chars().take(40).collect(),
-                d.state.as_str().into(),
+                download_state(d).into(),
                 progress,
                 d.out_path.display().to_string(),
             ]);
@@ -277,7 +277,7 @@ impl Sales {
                 s.buyer.clone(),
                 format_amount(s.price),
                 format_amount(s.net),
-                state_name(s.state()).into(),
+                sale_state(s).into(),
                 when(if s.closed_ms > 0 {
                     s.closed_ms
                 } else {
@@ -323,7 +323,7 @@ fn download_json(d: &Download, received: u64) -> Value {
         "listing_id": d.listing_id,
         "title": d.title,
         "seller": d.seller,
-        "state": d.state.as_str(),
+        "state": download_state(d),
         "size": d.size,
         "price": d.price,
         "received_chunks": received,
@@ -344,10 +344,25 @@ fn sale_json(s: &Purchase) -> Value {
         "price": s.price,
         "commission": s.commission,
         "net": s.net,
-        "state": state_name(s.state()),
+        "state": sale_state(s),
         "created_ms": s.created_ms,
         "closed_ms": s.closed_ms,
+        "refunded": s.refunded,
+        "proceeds_pending": s.proceeds_pending,
+        "dispute_until_ms": s.dispute_until_ms,
     })
+}
+
+/// A sale's state as the seller cares: refunded after a dispute, pending
+/// (paid, in the dispute window), or the purchase's state.
+fn sale_state(s: &Purchase) -> &'static str {
+    if s.refunded {
+        "refunded"
+    } else if s.proceeds_pending {
+        "pending"
+    } else {
+        state_name(s.state())
+    }
 }
 
 fn state_name(state: PurchaseState) -> &'static str {
@@ -358,6 +373,65 @@ fn state_name(state: PurchaseState) -> &'static str {
         PurchaseState::Completed => "completed",
         PurchaseState::Cancelled => "cancelled",
         PurchaseState::Expired => "expired",
+    }
+}
+
+/// A download's state, "refunded" once disputed.
+fn download_state(d: &Download) -> &'static str {
+    if d.disputed {
+        "refunded"
+    } else {
+        d.state.as_str()
+    }
+}
+
+/// `agora disputes`.
+#[derive(Debug, clap::Args)]
+pub struct Disputes {}
+
+impl Disputes {
+    /// Lists the purchases this account disputed and got refunded.
+    pub async fn run(self, peer: &Peer) -> anyhow::Result<()> {
+        let signed = peer.signed_in().await?;
+        let consistency = read_your_writes(Some(&signed.store)).await?;
+        let bought = purchase::list(&signed.client, PurchaseRole::Buyer, 0, consistency).await?;
+        let disputed: Vec<&Purchase> = bought.iter().filter(|p| p.refunded).collect();
+        if peer.json() {
+            let items: Vec<Value> = disputed
+                .iter()
+                .map(|p| {
+                    json!({
+                        "purchase_id": p.id,
+                        "listing_id": p.listing_id,
+                        "title": p.title,
+                        "seller": p.seller,
+                        "price": p.price,
+                        "refunded": p.refunded,
+                    })
+                })
+                .collect();
+            println!("{}", Value::Array(items));
+            return Ok(());
+        }
+        if disputed.is_empty() {
+            println!("no disputes; `agora buy` files one by itself when a chunk proves bad");
+            return Ok(());
+        }
+        let mut table = Table::new(&["PURCHASE", "LISTING", "TITLE", "SELLER", "REFUNDED"])
+            .align_right(0)
+            .align_right(1)
+            .align_right(4);
+        for p in disputed {
+            table.row(vec![
+                p.id.to_string(),
+                p.listing_id.to_string(),
+                p.title.chars().take(32).collect(),
+                p.seller.clone(),
+                format_amount(p.price),
+            ]);
+        }
+        print!("{}", table.render());
+        Ok(())
     }
 }
 

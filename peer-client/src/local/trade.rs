@@ -99,6 +99,8 @@ pub struct Download {
     pub started_ms: u64,
     /// When it finished.
     pub finished_ms: Option<u64>,
+    /// A chunk proved bad after payment and the sale was reversed.
+    pub disputed: bool,
 }
 
 /// A key this peer made for a purchase of one of its files.
@@ -170,6 +172,7 @@ fn read_download(row: &SqliteRow) -> Result<Download, String> {
             .try_get::<Option<i64>, _>("finished_ms")
             .map_err(get)?
             .map(to_u64),
+        disputed: row.try_get::<i64, _>("disputed").map_err(get)? != 0,
     })
 }
 
@@ -284,6 +287,28 @@ impl PeerStore {
             .execute(&self.pool)
             .await
             .map_err(|source| database(&self.path, source))?;
+        Ok(())
+    }
+
+    /// Records that the download was disputed and the sale reversed (its
+    /// files stay, as evidence); it counts as cancelled.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn set_download_disputed(
+        &self,
+        purchase_id: u64,
+        finished_ms: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE downloads SET state = 'cancelled', disputed = 1, escrow_key = NULL, \
+             finished_ms = ? WHERE purchase_id = ?",
+        )
+        .bind(to_i64(finished_ms))
+        .bind(to_i64(purchase_id))
+        .execute(&self.pool)
+        .await
+        .map_err(|source| database(&self.path, source))?;
         Ok(())
     }
 

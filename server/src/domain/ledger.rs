@@ -54,6 +54,8 @@ pub enum EntryKind {
     Sale,
     /// A posted hold: buyer to operator.
     Commission,
+    /// A sale reversed by a dispute: seller and operator pay the buyer back.
+    Refund,
 }
 
 impl EntryKind {
@@ -65,6 +67,7 @@ impl EntryKind {
             EntryKind::Withdrawal => "withdrawal",
             EntryKind::Sale => "sale",
             EntryKind::Commission => "commission",
+            EntryKind::Refund => "refund",
         }
     }
 }
@@ -313,6 +316,59 @@ pub fn post_hold(
     }
     (*buyer, *seller, *operator) = (b, s, o);
     hold.state = HoldState::Posted;
+    Ok(entries)
+}
+
+/// Keeps a sale's proceeds (`net`, already on the seller's balance) held
+/// on the seller's account for the dispute window: they count in the
+/// balance but are not available.
+///
+/// # Errors
+/// [`LedgerError::Overflow`].
+pub fn hold_proceeds(seller: &mut Account, net: u64) -> Result<(), LedgerError> {
+    seller.held = seller
+        .held
+        .checked_add(net)
+        .ok_or(LedgerError::Overflow)?;
+    Ok(())
+}
+
+/// The dispute window ended: the proceeds become available.
+///
+/// # Errors
+/// [`LedgerError::Overflow`] if less than `net` is held.
+pub fn release_proceeds(seller: &mut Account, net: u64) -> Result<(), LedgerError> {
+    seller.held = seller
+        .held
+        .checked_sub(net)
+        .ok_or(LedgerError::Overflow)?;
+    Ok(())
+}
+
+/// Reverses a sale whose proceeds are still held: the seller pays back
+/// `net` (from the held proceeds), the operator its `commission`, and the
+/// buyer gets the whole price back. Returns the entries.
+///
+/// # Errors
+/// [`LedgerError::Overflow`] if less than `net` is held or a balance would
+/// leave its range; nothing changes then.
+pub fn reverse_sale(
+    buyer: &mut Account,
+    seller: &mut Account,
+    operator: &mut Account,
+    net: u64,
+    commission: u64,
+) -> Result<Vec<Entry>, LedgerError> {
+    let (mut b, mut s, mut o) = (*buyer, *seller, *operator);
+    release_proceeds(&mut s, net)?;
+    let mut entries = Vec::with_capacity(2);
+    if net > 0 {
+        entries.push(transfer(&mut s, &mut b, net, EntryKind::Refund)?);
+    }
+    if commission > 0 {
+        entries.push(transfer(&mut o, &mut b, commission, EntryKind::Refund)?);
+    }
+    (*buyer, *seller, *operator) = (b, s, o);
     Ok(entries)
 }
 

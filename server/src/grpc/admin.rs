@@ -252,6 +252,21 @@ impl AdminService for AdminApi {
         }))
     }
 
+    async fn set_dispute_window(
+        &self,
+        request: Request<agora_proto::admin::SetDisputeWindowRequest>,
+    ) -> Result<Response<LedgerWriteReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let applied = self
+            .write(key, Op::SetDisputeWindow { ms: req.window_ms })
+            .await?;
+        Ok(Response::new(LedgerWriteReply {
+            index: applied.index,
+        }))
+    }
+
     async fn add_topic(
         &self,
         request: Request<AddTopicRequest>,

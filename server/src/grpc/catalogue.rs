@@ -238,6 +238,8 @@ fn to_proto(l: ListingRow) -> Listing {
         updated_ms: l.updated_ms,
         active: l.active,
         seller_online: l.seller_online,
+        seller_sales: l.seller_sales,
+        seller_strikes: l.seller_strikes,
         updated_index: l.updated_index,
     }
 }

@@ -84,12 +84,16 @@ impl LedgerService for LedgerApi {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
+        let pending = store::purchases::pending_proceeds(self.node.state.readers(), user_id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(BalanceReply {
             user_id,
             balance: non_negative(account.balance),
             held: account.held,
             available: non_negative(account.available()),
             applied_index,
+            pending,
         }))
     }
 

@@ -13,10 +13,11 @@ use agora_proto::auth::Role;
 use agora_proto::market::purchase_service_server::PurchaseService;
 use agora_proto::market::{
     BeginPurchaseReply, BeginPurchaseRequest, CancelPurchaseRequest, CompletePurchaseReply,
-    CompletePurchaseRequest, DepositKeyRequest, GetPurchaseReply, GetPurchaseRequest, Purchase,
+    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseReply, GetPurchaseRequest, Purchase,
     PurchaseReply, PurchaseRole, PurchaseState as WireState, PurchasesReply, PurchasesRequest,
     RequestId, TicketKeyReply, TicketKeyRequest,
 };
+use agora_proto::dispute;
 use agora_proto::ticket::Ticket;
 use tonic::{Request, Response, Status};
 
@@ -26,7 +27,11 @@ use crate::domain::purchases::PurchaseState;
 use crate::node::Node;
 use crate::raft::command::{Actor, Op, Outcome, Proposal, MAX_PURCHASE_TTL_MS};
 use crate::store;
-use crate::store::purchases::{PurchaseRow, Side};
+use crate::store::purchases::{Proceeds, PurchaseRow, Side};
+
+/// Largest request to the purchase service: a dispute carries a whole chunk
+/// (up to 4 MiB) and two Merkle proofs.
+pub const MAX_DISPUTE_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
 
 /// Largest page of purchases.
 const MAX_PAGE: u32 = 500;
@@ -95,6 +100,9 @@ fn to_proto(p: &PurchaseRow) -> Purchase {
         created_ms: p.created_ms,
         expires_at_ms: p.expires_at_ms,
         closed_ms: p.closed_ms.unwrap_or(0),
+        proceeds_pending: p.proceeds == Some(Proceeds::Pending),
+        dispute_until_ms: p.release_at_ms.unwrap_or(0),
+        refunded: p.proceeds == Some(Proceeds::Refunded),
     }
 }
 
@@ -347,6 +355,64 @@ impl PurchaseService for PurchaseApi {
             purchases: rows.iter().map(to_proto).collect(),
             next_before_id,
             applied_index,
+        }))
+    }
+
+    async fn dispute(
+        &self,
+        request: Request<DisputeRequest>,
+    ) -> Result<Response<PurchaseReply>, Status> {
+        let session = self.node.auth.require_session(request.metadata()).await?;
+        let req = request.into_inner();
+        let id = purchase_id(req.purchase_id)?;
+        let evidence = dispute::decode(&req.evidence)
+            .map_err(|e| Status::invalid_argument(format!("the evidence does not decode: {e}")))?;
+        // Judge against the latest state: the key and roots never change
+        // once deposited, and the replicated command re-checks the window.
+        self.node
+            .read_barrier(crate::node::Freshness {
+                min_index: 0,
+                linearizable: true,
+            })
+            .await?;
+        let row = self.row(id).await?;
+        if row.buyer_id != session.user_id() {
+            return Err(Status::permission_denied(format!(
+                "purchase {id} is not yours; only its buyer disputes it"
+            )));
+        }
+        let (Some(key), Some(ciphertext_root), PurchaseState::Completed) =
+            (row.escrow_key, row.ciphertext_root, row.state)
+        else {
+            return Err(Status::failed_precondition(format!(
+                "purchase {id} is not completed; only a paid purchase can be disputed (cancel it instead)"
+            )));
+        };
+        let key = agora_proto::escrow::EscrowKey::from_bytes(key);
+        let case = dispute::Case {
+            purchase_id: id,
+            key: &key,
+            ciphertext_root: &ciphertext_root,
+            plaintext_root: &row.merkle_root,
+            size: row.size,
+            chunk_size: row.chunk_size,
+        };
+        let fault = dispute::judge(&case, &evidence)
+            .map_err(|refusal| Status::failed_precondition(refusal.to_string()))?;
+        let op = Op::ReverseSale {
+            purchase_id: id,
+            buyer_id: session.user_id(),
+            chunk_index: evidence.index,
+            fault: match fault {
+                dispute::Fault::DoesNotDecrypt => "does not decrypt".into(),
+                dispute::Fault::WrongContent => "wrong content".into(),
+            },
+            evidence_hash: *blake3::hash(&req.evidence).as_bytes(),
+        };
+        let (row, index) = self.write(&session, req.request_id, op).await?;
+        Ok(Response::new(PurchaseReply {
+            purchase: Some(to_proto(&row)),
+            index,
         }))
     }
 

@@ -246,6 +246,28 @@ pub enum Op {
         /// Who asks.
         actor: Actor,
     },
+    /// Set how long a sale's proceeds stay held for disputes.
+    SetDisputeWindow {
+        /// Milliseconds (0 = proceeds are available at once).
+        ms: u64,
+    },
+    /// Reverse a sale after a proven dispute. The proof was judged once,
+    /// by the node that took the request, against the escrowed key; the
+    /// verdict travels here, so no node redoes the cryptography. Applying
+    /// checks only what may have changed since: the purchase is completed,
+    /// its proceeds are still pending, and it was not reversed before.
+    ReverseSale {
+        /// The purchase.
+        purchase_id: u64,
+        /// Who disputes (must be the buyer).
+        buyer_id: u64,
+        /// The chunk proven bad.
+        chunk_index: u64,
+        /// What was wrong with it.
+        fault: String,
+        /// BLAKE3 of the evidence.
+        evidence_hash: [u8; 32],
+    },
 }
 
 /// Who asks for a change to a listing. The session's claims, checked by
@@ -520,6 +542,22 @@ impl Op {
             Op::DepositKey { .. } | Op::CompletePurchase { .. } | Op::CancelPurchase { .. } => {
                 Ok(())
             }
+            Op::SetDisputeWindow { ms } => {
+                if *ms > store::purchases::MAX_DISPUTE_WINDOW_MS {
+                    return Err(Rejection::Invalid(
+                        "the dispute window is at most 90 days".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Op::ReverseSale { fault, .. } => {
+                if fault.is_empty() || fault.len() > 64 {
+                    return Err(Rejection::Invalid(
+                        "a fault is 1 to 64 characters".into(),
+                    ));
+                }
+                Ok(())
+            }
             Op::AddTopic { name, description } => {
                 if catalogue::topic_name(name).map_err(Rejection::Invalid)? != *name
                     || catalogue::topic_description(description).map_err(Rejection::Invalid)?
@@ -671,6 +709,14 @@ impl Op {
             Op::ExpireHolds => {
                 let mut count = 0;
                 // Bounded per command; the timer proposes again for the rest.
+                // Proceeds whose dispute window ended become available.
+                for purchase_id in
+                    store::purchases::due_proceeds(&mut *conn, ctx.time_ms, 1000).await?
+                {
+                    if purchases::release(conn, purchase_id).await? {
+                        count += 1;
+                    }
+                }
                 // Purchases first: each voids its own hold.
                 for purchase_id in store::purchases::expired(&mut *conn, ctx.time_ms, 1000).await? {
                     if purchases::close_unpaid(conn, ctx, purchase_id, PurchaseState::Expired)
@@ -849,6 +895,31 @@ impl Op {
             } => purchases::complete(conn, ctx, *purchase_id, *buyer_id, ciphertext_root).await,
             Op::CancelPurchase { purchase_id, actor } => {
                 purchases::cancel(conn, ctx, *purchase_id, *actor).await
+            }
+            Op::SetDisputeWindow { ms } => {
+                store::purchases::set_dispute_window_ms(conn, *ms).await?;
+                Ok(Outcome::SettingChanged)
+            }
+            Op::ReverseSale {
+                purchase_id,
+                buyer_id,
+                chunk_index,
+                fault,
+                evidence_hash,
+            } => {
+                purchases::reverse(
+                    conn,
+                    ctx,
+                    &store::purchases::DisputeRow {
+                        purchase_id: *purchase_id,
+                        buyer_id: *buyer_id,
+                        seller_id: 0,
+                        chunk_index: *chunk_index,
+                        fault: fault.clone(),
+                        evidence_hash: *evidence_hash,
+                    },
+                )
+                .await
             }
             Op::RevokeSession {
                 session_id,

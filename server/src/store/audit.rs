@@ -71,16 +71,35 @@ pub async fn audit(conn: &mut SqliteConnection) -> Result<AuditReport, sqlx::Err
         ));
     }
 
-    // Held money equals the open holds; no user account is overdrawn.
+    // Held money equals the open holds plus the sale proceeds still in
+    // their dispute window; no user account is overdrawn.
     let held_wrong: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT a.id, a.held, COALESCE((SELECT SUM(amount) FROM holds WHERE account = a.id AND state = 'open'), 0) AS open
+        "SELECT a.id, a.held,
+                COALESCE((SELECT SUM(amount) FROM holds WHERE account = a.id AND state = 'open'), 0)
+              + COALESCE((SELECT SUM(p.price - p.commission) FROM purchases p
+                          WHERE p.seller_id = a.user_id AND p.proceeds = 'pending'), 0) AS open
          FROM ledger_accounts a WHERE a.held != open",
     )
     .fetch_all(&mut *conn)
     .await?;
     for (id, held, open) in held_wrong {
         report.problems.push(format!(
-            "account {id} holds {held} cents but its open holds sum to {open}"
+            "account {id} holds {held} cents but its open holds and pending proceeds sum to {open}"
+        ));
+    }
+    // A refunded sale paid the whole price back, nothing else did.
+    let bad_refunds: Vec<(i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.id, p.price, COALESCE((SELECT SUM(amount) FROM journal j
+                 WHERE j.kind = 'refund' AND j.purchase_id = CAST(p.id AS TEXT)), 0) AS refunded
+         FROM purchases p
+         WHERE (p.proceeds = 'refunded' AND refunded != p.price)
+            OR (COALESCE(p.proceeds, '') != 'refunded' AND refunded != 0)",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, price, refunded) in bad_refunds {
+        report.problems.push(format!(
+            "purchase {id} (price {price} cents) has {refunded} cents of refunds in the journal"
         ));
     }
     let overdrawn: Vec<(i64, i64, i64)> =

@@ -35,12 +35,16 @@ pub struct ListingRow {
     pub active: bool,
     /// The seller holds a presence lease.
     pub seller_online: bool,
+    /// Sales the seller completed.
+    pub seller_sales: u64,
+    /// Disputes the seller lost.
+    pub seller_strikes: u64,
 }
 
 /// Columns every listing read selects, in [`listing_from_row`]'s order.
 const LISTING_COLUMNS: &str = "l.id, l.seller_id, u.username, l.title, l.description, l.topic, \
      l.tags, l.attributes, l.size, l.chunk_size, l.merkle_root, l.price, l.created_ms, \
-     l.updated_ms, l.updated_index, l.active, coalesce(p.online, 0) AS online";
+     l.updated_ms, l.updated_index, l.active, coalesce(p.online, 0) AS online, u.sales, u.strikes";
 
 /// Joins every listing read needs.
 const LISTING_JOINS: &str = "JOIN users u ON u.id = l.seller_id \
@@ -74,6 +78,8 @@ fn listing_from_row(row: &SqliteRow) -> Result<ListingRow, sqlx::Error> {
         updated_index: to_u64(row.try_get(14)?),
         active: row.try_get::<i64, _>(15)? != 0,
         seller_online: row.try_get::<i64, _>(16)? != 0,
+        seller_sales: to_u64(row.try_get(17)?),
+        seller_strikes: to_u64(row.try_get(18)?),
     })
 }
 
@@ -650,7 +656,7 @@ fn hits(rows: &[SqliteRow]) -> Result<Vec<Hit>, sqlx::Error> {
         .map(|row| {
             Ok(Hit {
                 listing: listing_from_row(row)?,
-                score: row.try_get(17)?,
+                score: row.try_get("score")?,
             })
         })
         .collect()

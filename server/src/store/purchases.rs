@@ -50,6 +50,51 @@ pub struct PurchaseRow {
     pub expires_at_ms: u64,
     /// Closed at, once completed, cancelled or expired.
     pub closed_ms: Option<u64>,
+    /// What became of the proceeds of a completed purchase.
+    pub proceeds: Option<Proceeds>,
+    /// When pending proceeds become available (the end of the dispute
+    /// window).
+    pub release_at_ms: Option<u64>,
+}
+
+/// What became of a completed purchase's proceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proceeds {
+    /// Held on the seller's account until the dispute window ends.
+    Pending,
+    /// Available to the seller.
+    Released,
+    /// Given back to the buyer after a proven dispute.
+    Refunded,
+}
+
+impl Proceeds {
+    /// The name stored.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proceeds::Pending => "pending",
+            Proceeds::Released => "released",
+            Proceeds::Refunded => "refunded",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Proceeds::Pending),
+            "released" => Some(Proceeds::Released),
+            "refunded" => Some(Proceeds::Refunded),
+            _ => None,
+        }
+    }
+}
+
+impl PurchaseRow {
+    /// What the seller receives: the price less the commission.
+    #[must_use]
+    pub fn net(&self) -> u64 {
+        self.price.saturating_sub(self.commission)
+    }
 }
 
 impl PurchaseRow {
@@ -95,7 +140,7 @@ pub struct NewPurchase<'a> {
 const COLUMNS: &str = "p.id, p.listing_id, p.title, p.buyer_id, b.username AS buyer, p.buyer_key, \
      p.seller_id, s.username AS seller, p.price, p.size, p.chunk_size, p.merkle_root, p.hold_id, \
      p.state, p.escrow_key, p.ciphertext_root, p.commission, p.created_ms, p.expires_at_ms, \
-     p.closed_ms";
+     p.closed_ms, p.proceeds, p.release_at_ms";
 const JOINS: &str = "JOIN users b ON b.id = p.buyer_id JOIN users s ON s.id = p.seller_id";
 
 fn key32(row: &SqliteRow, column: &str) -> Result<Option<[u8; 32]>, sqlx::Error> {
@@ -140,6 +185,11 @@ fn from_row(row: &SqliteRow) -> Result<PurchaseRow, sqlx::Error> {
         created_ms: to_u64(row.try_get("created_ms")?),
         expires_at_ms: to_u64(row.try_get("expires_at_ms")?),
         closed_ms: row.try_get::<Option<i64>, _>("closed_ms")?.map(to_u64),
+        proceeds: row
+            .try_get::<Option<String>, _>("proceeds")?
+            .as_deref()
+            .and_then(Proceeds::parse),
+        release_at_ms: row.try_get::<Option<i64>, _>("release_at_ms")?.map(to_u64),
     })
 }
 
@@ -332,4 +382,164 @@ pub async fn list(
     .fetch_all(conn)
     .await?;
     rows.iter().map(from_row).collect()
+}
+
+/// Marks a completed purchase's proceeds (pending until `release_at_ms`,
+/// released, or refunded).
+///
+/// # Errors
+/// Storage errors.
+pub async fn set_proceeds(
+    conn: &mut SqliteConnection,
+    purchase_id: u64,
+    proceeds: Proceeds,
+    release_at_ms: Option<u64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE purchases SET proceeds = ?2, release_at_ms = COALESCE(?3, release_at_ms) WHERE id = ?1",
+    )
+    .bind(to_i64(purchase_id))
+    .bind(proceeds.as_str())
+    .bind(release_at_ms.map(to_i64))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Ids of purchases whose pending proceeds are due at `now_ms`, oldest
+/// first, at most `limit`.
+///
+/// # Errors
+/// Storage errors.
+pub async fn due_proceeds(
+    conn: impl SqliteExecutor<'_>,
+    now_ms: u64,
+    limit: u32,
+) -> Result<Vec<u64>, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM purchases WHERE proceeds = 'pending' AND release_at_ms <= ?1 \
+         ORDER BY release_at_ms, id LIMIT ?2",
+    )
+    .bind(to_i64(now_ms))
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().map(to_u64).collect())
+}
+
+/// Counts a completed sale (`strike` false) or a lost dispute (`strike`
+/// true) on the seller.
+///
+/// # Errors
+/// Storage errors.
+pub async fn count_for_seller(
+    conn: &mut SqliteConnection,
+    seller_id: u64,
+    strike: bool,
+) -> Result<(), sqlx::Error> {
+    let sql = if strike {
+        "UPDATE users SET strikes = strikes + 1 WHERE id = ?1"
+    } else {
+        "UPDATE users SET sales = sales + 1 WHERE id = ?1"
+    };
+    sqlx::query(sql).bind(to_i64(seller_id)).execute(conn).await?;
+    Ok(())
+}
+
+/// A proven dispute, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisputeRow {
+    /// The purchase.
+    pub purchase_id: u64,
+    /// The buyer.
+    pub buyer_id: u64,
+    /// The seller.
+    pub seller_id: u64,
+    /// The chunk proven bad.
+    pub chunk_index: u64,
+    /// What was wrong with it.
+    pub fault: String,
+    /// BLAKE3 of the evidence.
+    pub evidence_hash: [u8; 32],
+}
+
+/// Records a proven dispute.
+///
+/// # Errors
+/// Storage errors.
+pub async fn insert_dispute(
+    conn: &mut SqliteConnection,
+    d: &DisputeRow,
+    index: u64,
+    time_ms: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO disputes (purchase_id, buyer_id, seller_id, chunk_index, fault, evidence_hash, \
+         created_ms, created_index) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(to_i64(d.purchase_id))
+    .bind(to_i64(d.buyer_id))
+    .bind(to_i64(d.seller_id))
+    .bind(to_i64(d.chunk_index))
+    .bind(&d.fault)
+    .bind(d.evidence_hash.as_slice())
+    .bind(to_i64(time_ms))
+    .bind(to_i64(index))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The dispute window, in milliseconds.
+///
+/// # Errors
+/// Storage errors.
+pub async fn dispute_window_ms(conn: impl SqliteExecutor<'_>) -> Result<u64, sqlx::Error> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+        .bind(DISPUTE_WINDOW_SETTING)
+        .fetch_optional(conn)
+        .await?;
+    Ok(value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_DISPUTE_WINDOW_MS))
+}
+
+/// Sets the dispute window.
+///
+/// # Errors
+/// Storage errors.
+pub async fn set_dispute_window_ms(conn: &mut SqliteConnection, ms: u64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )
+    .bind(DISPUTE_WINDOW_SETTING)
+    .bind(ms.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Settings key of the dispute window.
+const DISPUTE_WINDOW_SETTING: &str = "dispute_window_ms";
+/// The dispute window until an admin sets one: 24 hours.
+pub const DEFAULT_DISPUTE_WINDOW_MS: u64 = 24 * 3600 * 1000;
+/// The longest dispute window: 90 days.
+pub const MAX_DISPUTE_WINDOW_MS: u64 = 90 * 24 * 3600 * 1000;
+
+/// Proceeds of `user_id`'s sales still held for their dispute window, in
+/// cents.
+///
+/// # Errors
+/// Storage errors.
+pub async fn pending_proceeds(
+    conn: impl SqliteExecutor<'_>,
+    user_id: u64,
+) -> Result<u64, sqlx::Error> {
+    let sum: Option<i64> = sqlx::query_scalar(
+        "SELECT SUM(price - commission) FROM purchases WHERE seller_id = ?1 AND proceeds = 'pending'",
+    )
+    .bind(to_i64(user_id))
+    .fetch_one(conn)
+    .await?;
+    Ok(sum.map_or(0, to_u64))
 }

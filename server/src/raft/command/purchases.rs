@@ -9,7 +9,7 @@ use super::{close_hold, no_account, no_listing, no_user, Actor, ApplyContext, Ou
 use crate::domain::ledger;
 use crate::domain::purchases::{Cancellation, Completion, Deposit, PurchaseError, PurchaseState};
 use crate::store;
-use crate::store::purchases::{NewPurchase, PurchaseRow};
+use crate::store::purchases::{DisputeRow, NewPurchase, Proceeds, PurchaseRow};
 
 impl From<PurchaseError> for Rejection {
     fn from(e: PurchaseError) -> Self {
@@ -209,6 +209,30 @@ pub(super) async fn complete(
                 ctx.time_ms,
             )
             .await?;
+            // The proceeds stay held on the seller's account for the dispute
+            // window (available at once when the window is 0).
+            let window = store::purchases::dispute_window_ms(&mut *conn).await?;
+            let net = purchase.price.saturating_sub(commission);
+            let release_at = ctx.time_ms.saturating_add(window);
+            if window > 0 {
+                if net > 0 {
+                    let Some(mut seller) =
+                        store::ledger::user_account(&mut *conn, purchase.seller_id).await?
+                    else {
+                        return Ok(no_account(purchase.seller_id));
+                    };
+                    if let Err(e) = ledger::hold_proceeds(&mut seller, net) {
+                        return Ok(Outcome::Rejected(e.into()));
+                    }
+                    store::ledger::save_accounts(conn, &[&seller]).await?;
+                }
+                store::purchases::set_proceeds(conn, purchase_id, Proceeds::Pending, Some(release_at))
+                    .await?;
+            } else {
+                store::purchases::set_proceeds(conn, purchase_id, Proceeds::Released, Some(release_at))
+                    .await?;
+            }
+            store::purchases::count_for_seller(conn, purchase.seller_id, false).await?;
             Ok(Outcome::Purchase { purchase_id })
         }
     }
@@ -254,4 +278,113 @@ pub(super) async fn close_unpaid(
     }
     store::purchases::close(conn, purchase_id, state, 0, ctx.index, ctx.time_ms).await?;
     Ok(true)
+}
+
+/// The dispute window of a completed purchase ended: its pending proceeds
+/// become available to the seller. False when there was nothing to release.
+pub(super) async fn release(
+    conn: &mut SqliteConnection,
+    purchase_id: u64,
+) -> Result<bool, sqlx::Error> {
+    let Some(purchase) = store::purchases::get(&mut *conn, purchase_id).await? else {
+        return Ok(false);
+    };
+    if purchase.proceeds != Some(Proceeds::Pending) {
+        return Ok(false);
+    }
+    let net = purchase.net();
+    if net > 0 {
+        let Some(mut seller) = store::ledger::user_account(&mut *conn, purchase.seller_id).await?
+        else {
+            return Ok(false);
+        };
+        if ledger::release_proceeds(&mut seller, net).is_err() {
+            // The audit reports held money that does not add up.
+            return Ok(false);
+        }
+        store::ledger::save_accounts(conn, &[&seller]).await?;
+    }
+    store::purchases::set_proceeds(conn, purchase_id, Proceeds::Released, None).await?;
+    Ok(true)
+}
+
+/// `ReverseSale`: a proven dispute within the window. The buyer gets the
+/// price back (the seller's held proceeds and the operator's commission),
+/// and the seller gets a strike.
+pub(super) async fn reverse(
+    conn: &mut SqliteConnection,
+    ctx: ApplyContext,
+    dispute: &DisputeRow,
+) -> Result<Outcome, sqlx::Error> {
+    let purchase_id = dispute.purchase_id;
+    let purchase = match load(conn, purchase_id).await? {
+        Ok(p) => p,
+        Err(outcome) => return Ok(outcome),
+    };
+    if purchase.buyer_id != dispute.buyer_id {
+        return Ok(Outcome::Rejected(Rejection::PermissionDenied(format!(
+            "purchase {purchase_id} is not yours; only its buyer disputes it"
+        ))));
+    }
+    match (purchase.state, purchase.proceeds) {
+        (PurchaseState::Completed, Some(Proceeds::Pending))
+            if ctx.time_ms < purchase.release_at_ms.unwrap_or(0) => {}
+        (PurchaseState::Completed, Some(Proceeds::Refunded)) => {
+            return Ok(refused(format!(
+                "purchase {purchase_id} was already refunded after a dispute"
+            )))
+        }
+        (PurchaseState::Completed, _) => {
+            return Ok(refused(format!(
+                "the dispute window of purchase {purchase_id} has closed; the seller was paid"
+            )))
+        }
+        _ => {
+            return Ok(refused(format!(
+                "purchase {purchase_id} is not completed; only a paid purchase can be disputed (cancel it instead)"
+            )))
+        }
+    }
+    let net = purchase.net();
+    let Some(mut buyer) = store::ledger::user_account(&mut *conn, purchase.buyer_id).await? else {
+        return Ok(no_account(purchase.buyer_id));
+    };
+    let Some(mut seller) = store::ledger::user_account(&mut *conn, purchase.seller_id).await?
+    else {
+        return Ok(no_account(purchase.seller_id));
+    };
+    let mut operator = store::ledger::account(&mut *conn, ledger::OPERATOR).await?;
+    let entries = match ledger::reverse_sale(
+        &mut buyer,
+        &mut seller,
+        &mut operator,
+        net,
+        purchase.commission,
+    ) {
+        Ok(e) => e,
+        Err(e) => return Ok(Outcome::Rejected(e.into())),
+    };
+    store::ledger::save_accounts(conn, &[&buyer, &seller, &operator]).await?;
+    let reference = purchase_id.to_string();
+    // Not linked to the hold: the hold moved its amount once, when posted.
+    let entry_ctx = store::ledger::EntryContext {
+        hold_id: None,
+        purchase_id: Some(&reference),
+        log_index: ctx.index,
+        time_ms: ctx.time_ms,
+    };
+    store::ledger::journal(conn, &entries, entry_ctx).await?;
+    store::purchases::set_proceeds(conn, purchase_id, Proceeds::Refunded, None).await?;
+    store::purchases::insert_dispute(
+        conn,
+        &DisputeRow {
+            seller_id: purchase.seller_id,
+            ..dispute.clone()
+        },
+        ctx.index,
+        ctx.time_ms,
+    )
+    .await?;
+    store::purchases::count_for_seller(conn, purchase.seller_id, true).await?;
+    Ok(Outcome::Purchase { purchase_id })
 }
