@@ -430,7 +430,11 @@ impl Buyer<'_> {
                 if let Err(e) = self.store.bump_max_seen_index(reply.index).await {
                     return e.into();
                 }
-                if let Err(e) = self.store.set_download_disputed(d.purchase_id, now_ms()).await {
+                if let Err(e) = self
+                    .store
+                    .set_download_disputed(d.purchase_id, now_ms())
+                    .await
+                {
                     return e.into();
                 }
                 BuyError::Refunded {
@@ -843,11 +847,10 @@ impl Files {
         ))
         .and_then(|_| part.read_exact(&mut ciphertext))
         .map_err(io_error(&self.part))?;
-        let evidence =
-            dispute::evidence(index, ciphertext, &ciphertext_leaves, &plaintext_leaves)
-                .ok_or_else(|| {
-                    ClientError::Protocol(format!("no evidence can be made for chunk {index}"))
-                })?;
+        let evidence = dispute::evidence(index, ciphertext, &ciphertext_leaves, &plaintext_leaves)
+            .ok_or_else(|| {
+                ClientError::Protocol(format!("no evidence can be made for chunk {index}"))
+            })?;
         Ok(dispute::encode(&evidence))
     }
 

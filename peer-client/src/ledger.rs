@@ -271,6 +271,27 @@ pub async fn set_commission(
     .await
 }
 
+/// Sets how long a sale's proceeds stay held for disputes (an admin
+/// call), retrying with one request id.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` above 90 days, or the last error once the retries
+/// are used up.
+pub async fn set_dispute_window(
+    client: &ClusterClient,
+    window_ms: u64,
+    request_id: &str,
+) -> Result<LedgerWriteReply, ClientError> {
+    let request = agora_proto::admin::SetDisputeWindowRequest {
+        request_id: admin_id(request_id),
+        window_ms,
+    };
+    admin_write(client, &request, |mut admin, request| async move {
+        admin.set_dispute_window(request).await
+    })
+    .await
+}
+
 /// A hold to open: `amount` cents of `holder`'s money reserved for
 /// `payee`.
 #[derive(Debug, Clone, PartialEq, Eq)]

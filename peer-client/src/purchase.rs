@@ -9,8 +9,8 @@
 
 use agora_proto::market::{
     BeginPurchaseReply, BeginPurchaseRequest, CancelPurchaseRequest, CompletePurchaseReply,
-    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseRequest, Purchase, PurchaseReply,
-    PurchaseRole, PurchasesRequest, ReadConsistency, RequestId, TicketKeyRequest,
+    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseRequest, Purchase,
+    PurchaseReply, PurchaseRole, PurchasesRequest, ReadConsistency, RequestId, TicketKeyRequest,
 };
 use ed25519_dalek::VerifyingKey;
 use std::future::Future;

@@ -6,6 +6,7 @@ mod audit;
 mod commission;
 mod deposit;
 mod digest;
+mod dispute_window;
 mod hold;
 mod login;
 mod logout;
@@ -43,6 +44,8 @@ pub enum Command {
     Deposit(deposit::Deposit),
     /// Set the commission on sales, in basis points (100 = 1%).
     Commission(commission::Commission),
+    /// Set how long sale proceeds stay open to disputes, in seconds.
+    DisputeWindow(dispute_window::DisputeWindow),
     /// Open, post or void a hold (a pending transfer) by hand.
     Hold(hold::Hold),
     /// Check the ledger on every node and compare their digests.
@@ -79,6 +82,7 @@ impl Command {
             Self::Snapshot(command) => command.run(console).await,
             Self::Deposit(command) => command.run(console).await,
             Self::Commission(command) => command.run(console).await,
+            Self::DisputeWindow(command) => command.run(console).await,
             Self::Hold(command) => command.run(console).await,
             Self::Audit(command) => command.run(console).await,
             Self::Topics(command) => command.run(console).await,

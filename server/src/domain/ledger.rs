@@ -326,10 +326,7 @@ pub fn post_hold(
 /// # Errors
 /// [`LedgerError::Overflow`].
 pub fn hold_proceeds(seller: &mut Account, net: u64) -> Result<(), LedgerError> {
-    seller.held = seller
-        .held
-        .checked_add(net)
-        .ok_or(LedgerError::Overflow)?;
+    seller.held = seller.held.checked_add(net).ok_or(LedgerError::Overflow)?;
     Ok(())
 }
 
@@ -338,10 +335,7 @@ pub fn hold_proceeds(seller: &mut Account, net: u64) -> Result<(), LedgerError> 
 /// # Errors
 /// [`LedgerError::Overflow`] if less than `net` is held.
 pub fn release_proceeds(seller: &mut Account, net: u64) -> Result<(), LedgerError> {
-    seller.held = seller
-        .held
-        .checked_sub(net)
-        .ok_or(LedgerError::Overflow)?;
+    seller.held = seller.held.checked_sub(net).ok_or(LedgerError::Overflow)?;
     Ok(())
 }
 

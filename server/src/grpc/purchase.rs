@@ -10,14 +10,14 @@
 use std::sync::Arc;
 
 use agora_proto::auth::Role;
+use agora_proto::dispute;
 use agora_proto::market::purchase_service_server::PurchaseService;
 use agora_proto::market::{
     BeginPurchaseReply, BeginPurchaseRequest, CancelPurchaseRequest, CompletePurchaseReply,
-    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseReply, GetPurchaseRequest, Purchase,
-    PurchaseReply, PurchaseRole, PurchaseState as WireState, PurchasesReply, PurchasesRequest,
-    RequestId, TicketKeyReply, TicketKeyRequest,
+    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseReply,
+    GetPurchaseRequest, Purchase, PurchaseReply, PurchaseRole, PurchaseState as WireState,
+    PurchasesReply, PurchasesRequest, RequestId, TicketKeyReply, TicketKeyRequest,
 };
-use agora_proto::dispute;
 use agora_proto::ticket::Ticket;
 use tonic::{Request, Response, Status};
 

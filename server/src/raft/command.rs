@@ -552,9 +552,7 @@ impl Op {
             }
             Op::ReverseSale { fault, .. } => {
                 if fault.is_empty() || fault.len() > 64 {
-                    return Err(Rejection::Invalid(
-                        "a fault is 1 to 64 characters".into(),
-                    ));
+                    return Err(Rejection::Invalid("a fault is 1 to 64 characters".into()));
                 }
                 Ok(())
             }

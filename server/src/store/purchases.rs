@@ -442,7 +442,10 @@ pub async fn count_for_seller(
     } else {
         "UPDATE users SET sales = sales + 1 WHERE id = ?1"
     };
-    sqlx::query(sql).bind(to_i64(seller_id)).execute(conn).await?;
+    sqlx::query(sql)
+        .bind(to_i64(seller_id))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -508,7 +511,10 @@ pub async fn dispute_window_ms(conn: impl SqliteExecutor<'_>) -> Result<u64, sql
 ///
 /// # Errors
 /// Storage errors.
-pub async fn set_dispute_window_ms(conn: &mut SqliteConnection, ms: u64) -> Result<(), sqlx::Error> {
+pub async fn set_dispute_window_ms(
+    conn: &mut SqliteConnection,
+    ms: u64,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
     )

@@ -226,11 +226,21 @@ pub(super) async fn complete(
                     }
                     store::ledger::save_accounts(conn, &[&seller]).await?;
                 }
-                store::purchases::set_proceeds(conn, purchase_id, Proceeds::Pending, Some(release_at))
-                    .await?;
+                store::purchases::set_proceeds(
+                    conn,
+                    purchase_id,
+                    Proceeds::Pending,
+                    Some(release_at),
+                )
+                .await?;
             } else {
-                store::purchases::set_proceeds(conn, purchase_id, Proceeds::Released, Some(release_at))
-                    .await?;
+                store::purchases::set_proceeds(
+                    conn,
+                    purchase_id,
+                    Proceeds::Released,
+                    Some(release_at),
+                )
+                .await?;
             }
             store::purchases::count_for_seller(conn, purchase.seller_id, false).await?;
             Ok(Outcome::Purchase { purchase_id })
