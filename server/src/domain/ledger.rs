@@ -393,6 +393,48 @@ mod tests {
     }
 
     #[test]
+    fn a_reversed_sale_gives_the_whole_price_back_and_conserves_money() {
+        let (mut buyer, mut seller, mut operator) = (account(10), account(11), account(OPERATOR));
+        buyer.balance = 1_000;
+        open_hold(&mut buyer, 500).expect("hold");
+        let mut hold = Hold {
+            id: 1,
+            account: buyer.id,
+            payee: seller.id,
+            amount: 500,
+            state: HoldState::Open,
+            expires_at_ms: 0,
+        };
+        post_hold(&mut hold, &mut buyer, &mut seller, &mut operator, 100).expect("post");
+        let net = seller.balance.unsigned_abs();
+        hold_proceeds(&mut seller, net).expect("pending");
+        assert_eq!(seller.available(), 0, "pending proceeds are not available");
+        let before = buyer.balance + seller.balance + operator.balance;
+        let entries =
+            reverse_sale(&mut buyer, &mut seller, &mut operator, net, 5).expect("reverse");
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().all(|e| e.kind == EntryKind::Refund));
+        assert_eq!(buyer.balance, 1_000);
+        assert_eq!((seller.balance, seller.held), (0, 0));
+        assert_eq!(operator.balance, 0);
+        assert_eq!(buyer.balance + seller.balance + operator.balance, before);
+        // Nothing is left to reverse twice.
+        assert!(reverse_sale(&mut buyer, &mut seller, &mut operator, net, 5).is_err());
+        assert_eq!(buyer.balance, 1_000);
+    }
+
+    #[test]
+    fn released_proceeds_become_available() {
+        let mut seller = account(11);
+        seller.balance = 495;
+        hold_proceeds(&mut seller, 495).expect("pending");
+        assert_eq!(seller.available(), 0);
+        release_proceeds(&mut seller, 495).expect("release");
+        assert_eq!(seller.available(), 495);
+        assert!(release_proceeds(&mut seller, 1).is_err());
+    }
+
+    #[test]
     fn commission_rounds_down() {
         assert_eq!(commission(1, 100), Ok(0));
         assert_eq!(commission(99, 100), Ok(0));
