@@ -292,6 +292,51 @@ pub async fn set_dispute_window(
     .await
 }
 
+/// Suspends `username` (`suspended`) or lifts the suspension (an admin
+/// call); returns its standing after.
+///
+/// # Errors
+/// `NOT_FOUND` for an unknown user, `FAILED_PRECONDITION` for an admin
+/// account, or the last error once the retries are used up.
+pub async fn set_suspended(
+    client: &ClusterClient,
+    username: &str,
+    suspended: bool,
+    request_id: &str,
+) -> Result<agora_proto::admin::UserStanding, ClientError> {
+    let request = agora_proto::admin::SetSuspendedRequest {
+        request_id: admin_id(request_id),
+        username: username.to_owned(),
+        suspended,
+    };
+    admin_write(client, &request, |mut admin, request| async move {
+        admin.set_suspended(request).await
+    })
+    .await
+}
+
+/// A user's standing (suspended, sales, lost disputes), from any node (an
+/// admin call).
+///
+/// # Errors
+/// `NOT_FOUND` for an unknown user, or the last error when no node
+/// answered.
+pub async fn standing(
+    client: &ClusterClient,
+    username: &str,
+) -> Result<agora_proto::admin::UserStanding, ClientError> {
+    let request = agora_proto::admin::StandingRequest {
+        username: username.to_owned(),
+    };
+    Ok(client
+        .call_any(|channel| {
+            let mut admin = client.admin_on(channel);
+            let request = request.clone();
+            async move { admin.standing(request).await.map(Response::into_inner) }
+        })
+        .await?)
+}
+
 /// A hold to open: `amount` cents of `holder`'s money reserved for
 /// `payee`.
 #[derive(Debug, Clone, PartialEq, Eq)]

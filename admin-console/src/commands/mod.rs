@@ -13,6 +13,7 @@ mod logout;
 mod promote;
 mod remove;
 mod snapshot;
+mod standing;
 mod status;
 mod topics;
 mod whoami;
@@ -46,6 +47,12 @@ pub enum Command {
     Commission(commission::Commission),
     /// Set how long sale proceeds stay open to disputes, in seconds.
     DisputeWindow(dispute_window::DisputeWindow),
+    /// Suspend a user: its listings leave sale and search; it cannot buy.
+    Suspend(standing::User),
+    /// Lift a user's suspension: its listings come back.
+    Unsuspend(standing::User),
+    /// Show a user's standing: suspended or not, sales, lost disputes.
+    Standing(standing::User),
     /// Open, post or void a hold (a pending transfer) by hand.
     Hold(hold::Hold),
     /// Check the ledger on every node and compare their digests.
@@ -83,6 +90,9 @@ impl Command {
             Self::Deposit(command) => command.run(console).await,
             Self::Commission(command) => command.run(console).await,
             Self::DisputeWindow(command) => command.run(console).await,
+            Self::Suspend(user) => user.run(console, standing::Action::Suspend).await,
+            Self::Unsuspend(user) => user.run(console, standing::Action::Unsuspend).await,
+            Self::Standing(user) => user.run(console, standing::Action::Show).await,
             Self::Hold(command) => command.run(console).await,
             Self::Audit(command) => command.run(console).await,
             Self::Topics(command) => command.run(console).await,

@@ -145,6 +145,33 @@ fn admin_key(session: Option<&Session>, id: Option<AdminRequestId>) -> Result<Re
 }
 
 impl AdminApi {
+    /// A user's standing as this node has it.
+    async fn standing_of(
+        &self,
+        user_id: u64,
+        index: u64,
+    ) -> Result<agora_proto::admin::UserStanding, Status> {
+        let readers = self.node.state.readers();
+        let user = store::accounts::user_by_id(readers, user_id)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("there is no user {user_id}")))?;
+        let (suspended, sales, strikes, active_listings) =
+            store::catalogue::standing(readers, user_id)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .unwrap_or_default();
+        Ok(agora_proto::admin::UserStanding {
+            user_id,
+            username: user.username,
+            suspended,
+            sales,
+            strikes,
+            active_listings,
+            index,
+        })
+    }
+
     /// The id of the account named `name`, read after everything committed
     /// before this call (so a user registered a moment ago is found).
     async fn user_id(&self, name: &str) -> Result<u64, Status> {
@@ -250,6 +277,39 @@ impl AdminService for AdminApi {
         Ok(Response::new(LedgerWriteReply {
             index: applied.index,
         }))
+    }
+
+    async fn set_suspended(
+        &self,
+        request: Request<agora_proto::admin::SetSuspendedRequest>,
+    ) -> Result<Response<agora_proto::admin::UserStanding>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let user_id = self.user_id(&req.username).await?;
+        let applied = self
+            .write(
+                key,
+                Op::SetSuspended {
+                    user_id,
+                    suspended: req.suspended,
+                },
+            )
+            .await?;
+        self.node.wait_applied(applied.index).await?;
+        self.standing_of(user_id, applied.index)
+            .await
+            .map(Response::new)
+    }
+
+    async fn standing(
+        &self,
+        request: Request<agora_proto::admin::StandingRequest>,
+    ) -> Result<Response<agora_proto::admin::UserStanding>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let user_id = self.user_id(&req.username).await?;
+        self.standing_of(user_id, 0).await.map(Response::new)
     }
 
     async fn set_dispute_window(

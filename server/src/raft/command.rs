@@ -268,6 +268,13 @@ pub enum Op {
         /// BLAKE3 of the evidence.
         evidence_hash: [u8; 32],
     },
+    /// Suspend a user (its listings leave sale and search) or lift it.
+    SetSuspended {
+        /// The user.
+        user_id: u64,
+        /// Suspend (true) or lift (false).
+        suspended: bool,
+    },
 }
 
 /// Who asks for a change to a listing. The session's claims, checked by
@@ -452,6 +459,9 @@ impl Op {
                 | Op::RemoveTopic { .. }
                 | Op::SetPresence { .. }
                 | Op::LapsePresence { .. }
+                | Op::SetSuspended { .. }
+                | Op::ReverseSale { .. }
+                | Op::CompletePurchase { .. }
         )
     }
 
@@ -542,6 +552,7 @@ impl Op {
             Op::DepositKey { .. } | Op::CompletePurchase { .. } | Op::CancelPurchase { .. } => {
                 Ok(())
             }
+            Op::SetSuspended { .. } => Ok(()),
             Op::SetDisputeWindow { ms } => {
                 if *ms > store::purchases::MAX_DISPUTE_WINDOW_MS {
                     return Err(Rejection::Invalid(
@@ -893,6 +904,20 @@ impl Op {
             } => purchases::complete(conn, ctx, *purchase_id, *buyer_id, ciphertext_root).await,
             Op::CancelPurchase { purchase_id, actor } => {
                 purchases::cancel(conn, ctx, *purchase_id, *actor).await
+            }
+            Op::SetSuspended { user_id, suspended } => {
+                let Some(user) = store::accounts::user_by_id(&mut *conn, *user_id).await? else {
+                    return Ok(no_user(*user_id));
+                };
+                if user.role == Role::Admin && *suspended {
+                    return Ok(Outcome::Rejected(Rejection::FailedPrecondition(format!(
+                        "{} is an admin; an admin account cannot be suspended",
+                        user.username
+                    ))));
+                }
+                store::catalogue::set_suspended(conn, *user_id, *suspended, ctx.index, ctx.time_ms)
+                    .await?;
+                Ok(Outcome::SettingChanged)
             }
             Op::SetDisputeWindow { ms } => {
                 store::purchases::set_dispute_window_ms(conn, *ms).await?;
