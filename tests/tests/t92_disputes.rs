@@ -542,13 +542,9 @@ impl Received {
             .get(usize::try_from(index)?)
             .with_context(|| format!("no chunk {index}"))?
             .clone();
-        let evidence = dispute::evidence(
-            index,
-            chunk,
-            &self.ciphertext_leaves(),
-            &self.plain_leaves,
-        )
-        .with_context(|| format!("no evidence can be made about chunk {index}"))?;
+        let evidence =
+            dispute::evidence(index, chunk, &self.ciphertext_leaves(), &self.plain_leaves)
+                .with_context(|| format!("no evidence can be made about chunk {index}"))?;
         Ok(dispute::encode(&evidence))
     }
 
@@ -826,7 +822,9 @@ async fn disputes() -> anyhow::Result<()> {
             purchase_id,
             index: BAD_CHUNK,
         }) => purchase_id,
-        other => anyhow::bail!("bea's purchase from dan: expected Refunded at chunk {BAD_CHUNK}, got {other:?}"),
+        other => anyhow::bail!(
+            "bea's purchase from dan: expected Refunded at chunk {BAD_CHUNK}, got {other:?}"
+        ),
     };
     assert_eq!(
         parties.money().await?,
@@ -862,8 +860,7 @@ async fn disputes() -> anyhow::Result<()> {
     let refunds = |who: &User| {
         let client = who.client.clone();
         async move {
-            let flows =
-                ledger::all_cash_flows(&client, 0, &["refund".to_owned()], None).await?;
+            let flows = ledger::all_cash_flows(&client, 0, &["refund".to_owned()], None).await?;
             let mut amounts: Vec<i64> = flows.iter().map(|f| f.amount).collect();
             amounts.sort_unstable();
             anyhow::Ok(amounts)

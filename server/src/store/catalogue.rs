@@ -687,6 +687,60 @@ pub async fn seller_listings(
     rows.iter().map(listing_from_row).collect()
 }
 
+/// Suspends a user (its active listings go off sale, marked to come back)
+/// or lifts the suspension (those listings come back on sale).
+///
+/// # Errors
+/// Storage errors.
+pub async fn set_suspended(
+    conn: &mut SqliteConnection,
+    user_id: u64,
+    suspended: bool,
+    index: u64,
+    time_ms: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET suspended = ?2 WHERE id = ?1")
+        .bind(to_i64(user_id))
+        .bind(suspended)
+        .execute(&mut *conn)
+        .await?;
+    let sql = if suspended {
+        "UPDATE listings SET active = 0, suspended = 1, updated_ms = ?2, updated_index = ?3 \
+         WHERE seller_id = ?1 AND active"
+    } else {
+        "UPDATE listings SET active = 1, suspended = 0, updated_ms = ?2, updated_index = ?3 \
+         WHERE seller_id = ?1 AND suspended"
+    };
+    sqlx::query(sql)
+        .bind(to_i64(user_id))
+        .bind(to_i64(time_ms))
+        .bind(to_i64(index))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A user's standing: (suspended, sales, strikes, active listings).
+///
+/// # Errors
+/// Storage errors.
+pub async fn standing(
+    conn: impl SqliteExecutor<'_>,
+    user_id: u64,
+) -> Result<Option<(bool, u64, u64, u64)>, sqlx::Error> {
+    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT suspended, sales, strikes, \
+         (SELECT COUNT(*) FROM listings WHERE seller_id = users.id AND active) \
+         FROM users WHERE id = ?1",
+    )
+    .bind(to_i64(user_id))
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(s, sales, strikes, active)| {
+        (s != 0, to_u64(sales), to_u64(strikes), to_u64(active))
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -1024,58 +1078,4 @@ mod tests {
                 .online
         );
     }
-}
-
-/// Suspends a user (its active listings go off sale, marked to come back)
-/// or lifts the suspension (those listings come back on sale).
-///
-/// # Errors
-/// Storage errors.
-pub async fn set_suspended(
-    conn: &mut SqliteConnection,
-    user_id: u64,
-    suspended: bool,
-    index: u64,
-    time_ms: u64,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE users SET suspended = ?2 WHERE id = ?1")
-        .bind(to_i64(user_id))
-        .bind(suspended)
-        .execute(&mut *conn)
-        .await?;
-    let sql = if suspended {
-        "UPDATE listings SET active = 0, suspended = 1, updated_ms = ?2, updated_index = ?3 \
-         WHERE seller_id = ?1 AND active"
-    } else {
-        "UPDATE listings SET active = 1, suspended = 0, updated_ms = ?2, updated_index = ?3 \
-         WHERE seller_id = ?1 AND suspended"
-    };
-    sqlx::query(sql)
-        .bind(to_i64(user_id))
-        .bind(to_i64(time_ms))
-        .bind(to_i64(index))
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-/// A user's standing: (suspended, sales, strikes, active listings).
-///
-/// # Errors
-/// Storage errors.
-pub async fn standing(
-    conn: impl SqliteExecutor<'_>,
-    user_id: u64,
-) -> Result<Option<(bool, u64, u64, u64)>, sqlx::Error> {
-    let row: Option<(i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT suspended, sales, strikes, \
-         (SELECT COUNT(*) FROM listings WHERE seller_id = users.id AND active) \
-         FROM users WHERE id = ?1",
-    )
-    .bind(to_i64(user_id))
-    .fetch_optional(conn)
-    .await?;
-    Ok(row.map(|(s, sales, strikes, active)| {
-        (s != 0, to_u64(sales), to_u64(strikes), to_u64(active))
-    }))
 }
