@@ -670,9 +670,11 @@ async fn purchase_rules() -> anyhow::Result<()> {
         Money {
             bea_balance: START - PRICE,
             sam_balance: PRICE - fee,
+            // The proceeds stay held for the dispute window (24 h here).
+            sam_held: PRICE - fee,
             ..start_money
         },
-        "the purchase charged bea its price once and paid sam less the commission"
+        "the purchase charged bea its price once and paid sam less the commission, held for disputes"
     );
     let done = purchase::get(&bea.client, p3, linearizable()).await?;
     assert_eq!(done.state(), PurchaseState::Completed);

@@ -344,7 +344,16 @@ fn sale_json(s: &Purchase) -> Value {
         "price": s.price,
         "commission": s.commission,
         "net": s.net,
-        "state": sale_state(s),
+        "state": if s.refunded { "refunded" } else { state_name(s.state()) },
+        "proceeds": if s.refunded {
+            "refunded"
+        } else if s.proceeds_pending {
+            "pending"
+        } else if s.state() == PurchaseState::Completed {
+            "available"
+        } else {
+            "none"
+        },
         "created_ms": s.created_ms,
         "closed_ms": s.closed_ms,
         "refunded": s.refunded,
@@ -353,8 +362,8 @@ fn sale_json(s: &Purchase) -> Value {
     })
 }
 
-/// A sale's state as the seller cares: refunded after a dispute, pending
-/// (paid, in the dispute window), or the purchase's state.
+/// A sale's state in the table: refunded after a dispute, pending (paid,
+/// the proceeds still in the dispute window), or the purchase's state.
 fn sale_state(s: &Purchase) -> &'static str {
     if s.refunded {
         "refunded"
