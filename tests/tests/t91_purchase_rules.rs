@@ -779,6 +779,68 @@ async fn purchase_rules() -> anyhow::Result<()> {
     );
     eprintln!("[{:>5.1}s] 7. free purchase {p4} moved nothing", elapsed());
 
+    // --- 7b. Suspension: the seller's listings leave search and sale, and
+    // come back when it is lifted.
+    let found = |reply: &agora_proto::market::SearchReply, id: u64| {
+        reply
+            .results
+            .iter()
+            .any(|r| r.listing.as_ref().is_some_and(|l| l.id == id))
+    };
+    let search_goods = agora_proto::market::SearchRequest {
+        text: "Goods".into(),
+        consistency: Some(linearizable()),
+        ..Default::default()
+    };
+    assert!(found(
+        &catalogue::search(&everyone, &search_goods).await?,
+        l_goods
+    ));
+    let standing = ledger::set_suspended(&admin, "sam", true, &new_request_id()).await?;
+    assert!(
+        standing.suspended && standing.active_listings == 0,
+        "{standing:?}"
+    );
+    assert_eq!(
+        standing.sales, 2,
+        "two paid or free sales completed: {standing:?}"
+    );
+    assert!(
+        !found(&catalogue::search(&everyone, &search_goods).await?, l_goods),
+        "a suspended seller's listing is still found"
+    );
+    let refused = purchase::begin(&bea.client, l_goods, 0, bea.request()).await;
+    assert_eq!(
+        refused.as_ref().err().and_then(ClientError::code),
+        Some(Code::FailedPrecondition),
+        "buying from a suspended seller: {refused:?}"
+    );
+    account::register(&admin, "root", b"an operator's passphrase", true).await?;
+    let cannot = ledger::set_suspended(&admin, "root", true, &new_request_id()).await;
+    assert_eq!(
+        cannot.as_ref().err().and_then(ClientError::code),
+        Some(Code::FailedPrecondition),
+        "suspending an admin: {cannot:?}"
+    );
+    let lifted = ledger::set_suspended(&admin, "sam", false, &new_request_id()).await?;
+    assert!(
+        !lifted.suspended && lifted.active_listings == 3,
+        "{lifted:?}"
+    );
+    assert!(found(
+        &catalogue::search(&everyone, &search_goods).await?,
+        l_goods
+    ));
+    assert_eq!(
+        money(&bea, &mal, &sam).await?,
+        paid,
+        "suspension moved money"
+    );
+    eprintln!(
+        "[{:>5.1}s] 7b. suspension took sam's listings off sale and back",
+        elapsed()
+    );
+
     // --- 8. The seller stops; the audit is clean everywhere.
     let _ = stop_tx.send(true);
     tokio::time::timeout(SHUTDOWN, server)
