@@ -291,6 +291,7 @@ impl Buyer<'_> {
             started_ms: now_ms(),
             finished_ms: None,
             disputed: false,
+            dispute_refused: false,
         };
         self.store.save_download(&download).await?;
         self.finish(download, progress).await
@@ -432,7 +433,7 @@ impl Buyer<'_> {
                 }
                 if let Err(e) = self
                     .store
-                    .set_download_disputed(d.purchase_id, now_ms())
+                    .set_download_disputed(d.purchase_id, true, now_ms())
                     .await
                 {
                     return e.into();
@@ -442,12 +443,30 @@ impl Buyer<'_> {
                     index,
                 }
             }
-            Err(e) => BuyError::DisputeRefused {
-                purchase_id: d.purchase_id,
-                index,
-                reason: e.to_string(),
-                evidence: files.part.clone(),
-            },
+            Err(e) => {
+                // A refusal on the merits (or a closed window) is final: the
+                // download is over, and buying again starts a new purchase.
+                // A transient error keeps it paid, so `resume` tries again.
+                let final_refusal = matches!(
+                    e.code(),
+                    Some(Code::FailedPrecondition | Code::PermissionDenied | Code::InvalidArgument)
+                );
+                if final_refusal {
+                    if let Err(e) = self
+                        .store
+                        .set_download_disputed(d.purchase_id, false, now_ms())
+                        .await
+                    {
+                        return e.into();
+                    }
+                }
+                BuyError::DisputeRefused {
+                    purchase_id: d.purchase_id,
+                    index,
+                    reason: e.to_string(),
+                    evidence: files.part.clone(),
+                }
+            }
         }
     }
 

@@ -1163,7 +1163,11 @@ async fn disputes() -> anyhow::Result<()> {
         g.state() == PurchaseState::Completed && !g.refunded && !g.proceeds_pending,
         "{g:?}"
     );
-    assert!(!bea.download(p_g).await?.disputed);
+    let d_g = bea.download(p_g).await?;
+    assert!(!d_g.disputed, "{d_g:?}");
+    // The refusal is final: the download is over, so buying the listing
+    // again would open a new purchase instead of disputing this one again.
+    assert!(d_g.dispute_refused && !d_g.state.is_live(), "{d_g:?}");
     assert!(!out_g.exists(), "a file was written from a bad purchase");
     assert_eq!(listing(&bea, l_bad).await?.seller_strikes, 2);
     eprintln!(

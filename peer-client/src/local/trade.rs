@@ -101,6 +101,9 @@ pub struct Download {
     pub finished_ms: Option<u64>,
     /// A chunk proved bad after payment and the sale was reversed.
     pub disputed: bool,
+    /// A chunk proved bad after payment but the dispute was refused for
+    /// good (e.g. the window had closed); the download is over.
+    pub dispute_refused: bool,
 }
 
 /// A key this peer made for a purchase of one of its files.
@@ -172,7 +175,8 @@ fn read_download(row: &SqliteRow) -> Result<Download, String> {
             .try_get::<Option<i64>, _>("finished_ms")
             .map_err(get)?
             .map(to_u64),
-        disputed: row.try_get::<i64, _>("disputed").map_err(get)? != 0,
+        disputed: row.try_get::<i64, _>("disputed").map_err(get)? == 1,
+        dispute_refused: row.try_get::<i64, _>("disputed").map_err(get)? == 2,
     })
 }
 
@@ -290,20 +294,23 @@ impl PeerStore {
         Ok(())
     }
 
-    /// Records that the download was disputed and the sale reversed (its
-    /// files stay, as evidence); it counts as cancelled.
+    /// Records that the download was disputed (`upheld`: the sale was
+    /// reversed; else the dispute was refused for good). Its files stay, as
+    /// evidence; it is over either way.
     ///
     /// # Errors
     /// When SQLite fails.
     pub async fn set_download_disputed(
         &self,
         purchase_id: u64,
+        upheld: bool,
         finished_ms: u64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE downloads SET state = 'cancelled', disputed = 1, escrow_key = NULL, \
+            "UPDATE downloads SET state = 'cancelled', disputed = ?, escrow_key = NULL, \
              finished_ms = ? WHERE purchase_id = ?",
         )
+        .bind(if upheld { 1 } else { 2 })
         .bind(to_i64(finished_ms))
         .bind(to_i64(purchase_id))
         .execute(&self.pool)
