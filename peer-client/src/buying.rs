@@ -228,17 +228,48 @@ impl Buyer<'_> {
                 return Err(BuyError::OutExists(out.clone()));
             }
         }
-        let reply = purchase::begin(
-            self.client,
-            listing_id,
-            hold_seconds,
-            request_id(format!("user:{}", self.user_id)),
-        )
-        .await?;
+        // The request id is stored before the call and forgotten once the
+        // download is recorded: if this process dies in between, the next
+        // `agora buy` of the listing gets the same purchase back instead of
+        // holding the money twice.
+        let pending = format!("begin-request:{}:{listing_id}", self.user_id);
+        let id = match self.store.setting(&pending).await? {
+            Some(id) => id,
+            None => {
+                let id = new_request_id();
+                self.store.set_setting(&pending, &id).await?;
+                id
+            }
+        };
+        let request = RequestId {
+            client: format!("user:{}", self.user_id),
+            id,
+        };
+        let reply = match purchase::begin(self.client, listing_id, hold_seconds, request).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                // A refusal is remembered under the id: the next attempt
+                // (after a deposit, say) needs a new one. A transient error
+                // keeps it, since the purchase may exist.
+                if e.status().is_none_or(|s| !crate::is_retryable(s)) {
+                    self.store.clear_setting(&pending).await?;
+                }
+                return Err(e.into());
+            }
+        };
         self.store.bump_max_seen_index(reply.index).await?;
         let p = reply
             .purchase
             .ok_or_else(|| ClientError::Protocol("a purchase came back empty".into()))?;
+        if p.state() != PurchaseState::Open {
+            // The purchase a crashed attempt opened has lapsed since.
+            self.store.clear_setting(&pending).await?;
+            return Err(BuyError::Lapsed {
+                purchase_id: p.id,
+                listing_id,
+                state: "ended before this peer recorded it",
+            });
+        }
         let out = match out {
             Some(out) => out,
             None => {
@@ -255,6 +286,7 @@ impl Buyer<'_> {
                         request_id(format!("user:{}", self.user_id)),
                     )
                     .await;
+                    self.store.clear_setting(&pending).await?;
                     return Err(BuyError::OutExists(out));
                 }
                 out
@@ -294,6 +326,7 @@ impl Buyer<'_> {
             dispute_refused: false,
         };
         self.store.save_download(&download).await?;
+        self.store.clear_setting(&pending).await?;
         self.finish(download, progress).await
     }
 

@@ -384,6 +384,19 @@ impl PeerStore {
         Ok(())
     }
 
+    /// Forgets a setting.
+    ///
+    /// # Errors
+    /// When SQLite fails.
+    pub async fn clear_setting(&self, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM settings WHERE key = ?")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(|source| database(&self.path, source))?;
+        Ok(())
+    }
+
     /// Remembers `listing` (replacing what was known under its id).
     ///
     /// # Errors
