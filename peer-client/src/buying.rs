@@ -136,6 +136,14 @@ pub enum BuyError {
         /// The ciphertext file.
         evidence: PathBuf,
     },
+    /// The download ended after a dispute.
+    #[error("purchase {purchase_id} is over: {what}")]
+    Over {
+        /// The purchase.
+        purchase_id: u64,
+        /// How it ended.
+        what: &'static str,
+    },
     /// The purchase ended without completing.
     #[error("purchase {purchase_id} {state}; your money went back to your account. Run `agora buy {listing_id}` to buy it again")]
     Lapsed {
@@ -437,6 +445,14 @@ impl Buyer<'_> {
         }
         match d.state {
             DownloadState::Done => Ok(d),
+            DownloadState::Cancelled if d.disputed || d.dispute_refused => Err(BuyError::Over {
+                purchase_id: d.purchase_id,
+                what: if d.disputed {
+                    "a chunk was bad; the dispute was upheld, the sale reversed and the price refunded"
+                } else {
+                    "a chunk was bad but the dispute was refused; the evidence is kept in the data directory's downloads/"
+                },
+            }),
             DownloadState::Cancelled => Err(BuyError::Lapsed {
                 purchase_id: d.purchase_id,
                 listing_id: d.listing_id,

@@ -10,8 +10,11 @@ use std::num::NonZeroUsize;
 /// a batch of the largest chunks (4 MiB) stays small in memory.
 #[must_use]
 pub fn batch_len() -> usize {
-    workers() * 2
+    (workers() * 2).min(MAX_BATCH)
 }
+
+/// The largest batch, whatever the core count: 8 chunks of at most 4 MiB.
+const MAX_BATCH: usize = 8;
 
 fn workers() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
