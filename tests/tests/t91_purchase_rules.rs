@@ -54,22 +54,21 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agora_peer::buying::{Buyer, Silent};
+use agora_peer::buying::Silent;
 use agora_peer::catalogue::{self, NewListing};
 use agora_peer::local::DownloadState;
 use agora_peer::peer_tls::{self, PeerIdentity};
 use agora_peer::selling::{Seller, MAX_FETCH_MESSAGE_BYTES};
-use agora_peer::{
-    account, ledger, new_request_id, presence, purchase, request_id, ClientError, ClusterClient,
-    PeerStore, Session,
-};
+use agora_peer::{account, ledger, new_request_id, presence, purchase, ClientError, ClusterClient};
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
-use agora_proto::market::{BalanceReply, ListingFields, PurchaseState, ReadConsistency};
+use agora_proto::market::{ListingFields, PurchaseState, ReadConsistency};
 use agora_proto::merkle::{Hash, MerkleBuilder};
 use agora_proto::peer::seller_service_client::SellerServiceClient;
 use agora_proto::peer::FetchRequest;
 use agora_proto::ticket::{ticket_signing_key, Ticket};
-use agora_tests::{wait_clean_audit, wait_for, Probe, TestCluster, TestOptions};
+use agora_tests::{
+    peer_client, wait_clean_audit, wait_for, MarketUser, Probe, TestCluster, TestOptions,
+};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -94,62 +93,11 @@ const TRANSFER: Duration = Duration::from_secs(60);
 /// Longest the in-process file server may take to stop.
 const SHUTDOWN: Duration = Duration::from_secs(15);
 
-/// A client of every node, without the operator certificate (a peer's).
-fn peer_client(cluster: &TestCluster) -> anyhow::Result<ClusterClient> {
-    let mut tls = cluster.client_tls().clone();
-    tls.identity = None;
-    let mut nodes = Vec::new();
-    for id in cluster.node_ids() {
-        nodes.push((id, cluster.node(id)?.api_addr.clone()));
-    }
-    Ok(ClusterClient::from_parts(&tls, nodes)?)
-}
-
-/// A registered, logged-in user: its session (with its identity key), a
-/// client presenting the session, and a peer database of its own.
-struct User {
-    id: u64,
-    name: String,
-    session: Session,
-    client: ClusterClient,
-    store: PeerStore,
-}
+/// A registered, logged-in user with its own peer database.
+type User = MarketUser;
 
 async fn user(everyone: &ClusterClient, dir: &Path, name: &str) -> anyhow::Result<User> {
-    let account = account::register(everyone, name, PASSWORD.as_bytes(), false).await?;
-    let session = account::login_after(everyone, name, PASSWORD.as_bytes(), account.index).await?;
-    let store = PeerStore::open(&dir.join(format!("peer-{name}"))).await?;
-    store.save_session(&session).await?;
-    Ok(User {
-        id: session.user_id,
-        name: account.username,
-        client: everyone.clone().with_token(&session.token)?,
-        session,
-        store,
-    })
-}
-
-impl User {
-    /// The request id of one logical write by this user.
-    fn request(&self) -> agora_proto::market::RequestId {
-        request_id(format!("user:{}", self.id))
-    }
-
-    fn buyer(&self) -> Buyer<'_> {
-        Buyer {
-            client: &self.client,
-            store: &self.store,
-            user_id: self.id,
-            identity: &self.session.identity,
-        }
-    }
-
-    /// The user's balance, linearizable.
-    async fn balance(&self) -> anyhow::Result<BalanceReply> {
-        ledger::balance(&self.client, 0, None)
-            .await
-            .with_context(|| format!("reading {}'s balance", self.name))
-    }
+    MarketUser::register(everyone, dir, name, PASSWORD).await
 }
 
 fn linearizable() -> ReadConsistency {
