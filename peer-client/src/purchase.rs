@@ -9,8 +9,9 @@
 
 use agora_proto::market::{
     BeginPurchaseReply, BeginPurchaseRequest, CancelPurchaseRequest, CompletePurchaseReply,
-    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseRequest, Purchase,
-    PurchaseReply, PurchaseRole, PurchasesRequest, ReadConsistency, RequestId, TicketKeyRequest,
+    CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, GetPurchaseReply,
+    GetPurchaseRequest, Purchase, PurchaseReply, PurchaseRole, PurchasesRequest, ReadConsistency,
+    RequestId, TicketKeyRequest,
 };
 use ed25519_dalek::VerifyingKey;
 use std::future::Future;
@@ -129,6 +130,30 @@ pub async fn cancel(
     .await
 }
 
+/// One purchase and where its seller serves now, from a follower if one
+/// answers.
+async fn get_reply(
+    client: &ClusterClient,
+    purchase_id: u64,
+    consistency: ReadConsistency,
+) -> Result<GetPurchaseReply, ClientError> {
+    let request = GetPurchaseRequest {
+        purchase_id,
+        consistency: Some(consistency),
+    };
+    Ok(client
+        .call_followers_first(|channel| {
+            let mut purchases = client.purchase_on(channel);
+            async move {
+                purchases
+                    .get_purchase(request)
+                    .await
+                    .map(Response::into_inner)
+            }
+        })
+        .await?)
+}
+
 /// One purchase, from a follower if one answers.
 ///
 /// # Errors
@@ -139,22 +164,8 @@ pub async fn get(
     purchase_id: u64,
     consistency: ReadConsistency,
 ) -> Result<Purchase, ClientError> {
-    let request = GetPurchaseRequest {
-        purchase_id,
-        consistency: Some(consistency),
-    };
-    let reply = client
-        .call_followers_first(|channel| {
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .get_purchase(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?;
-    reply
+    get_reply(client, purchase_id, consistency)
+        .await?
         .purchase
         .ok_or_else(|| ClientError::Protocol(format!("purchase {purchase_id} came back empty")))
 }
@@ -170,21 +181,7 @@ pub async fn seller_endpoint(
     purchase_id: u64,
     consistency: ReadConsistency,
 ) -> Result<Option<String>, ClientError> {
-    let request = GetPurchaseRequest {
-        purchase_id,
-        consistency: Some(consistency),
-    };
-    let reply = client
-        .call_followers_first(|channel| {
-            let mut purchases = client.purchase_on(channel);
-            async move {
-                purchases
-                    .get_purchase(request)
-                    .await
-                    .map(Response::into_inner)
-            }
-        })
-        .await?;
+    let reply = get_reply(client, purchase_id, consistency).await?;
     Ok(Some(reply.seller_endpoint).filter(|e| !e.is_empty()))
 }
 
