@@ -81,7 +81,7 @@ use agora_proto::peer::fetch_reply::Part;
 use agora_proto::peer::seller_service_client::SellerServiceClient;
 use agora_proto::peer::FetchRequest;
 use agora_tests::{
-    peer_client, wait_clean_audit, wait_for, MarketUser, Probe, TestCluster, TestOptions,
+    peer_client, wait_clean_audit, wait_for, MarketUser, PeerCli, Probe, TestCluster, TestOptions,
 };
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -1139,6 +1139,26 @@ async fn disputes() -> anyhow::Result<()> {
         BTreeMap::from([(p_a, true), (p_b, false), (p_g, false)]),
         "bea's purchases"
     );
+    // The same record through the CLI, from the users' own data directories.
+    let cluster_file = cluster.write_cluster_file()?;
+    let cli = |name: &str| PeerCli::new(&cluster_file, &dir.join(format!("peer-{name}")), PASSWORD);
+    let disputes = cli("bea").json(&["--json", "disputes"]).await?;
+    let listed: Vec<u64> = disputes
+        .as_array()
+        .context("agora disputes --json is not an array")?
+        .iter()
+        .filter_map(|d| d["purchase_id"].as_u64())
+        .collect();
+    assert_eq!(listed, vec![p_a], "agora disputes for bea: {disputes}");
+    let dan_sales = cli("dan").json(&["--json", "sales"]).await?;
+    let refunded: Vec<u64> = dan_sales
+        .as_array()
+        .context("agora sales --json is not an array")?
+        .iter()
+        .filter(|s| s["state"] == "refunded" && s["proceeds"] == "refunded")
+        .filter_map(|s| s["purchase_id"].as_u64())
+        .collect();
+    assert_eq!(refunded, vec![p_e, p_a], "agora sales for dan: {dan_sales}");
     let (bad_listing, good_listing) = (listing(&bea, l_bad).await?, listing(&bea, l_good).await?);
     assert_eq!(
         (bad_listing.seller_sales, bad_listing.seller_strikes),
