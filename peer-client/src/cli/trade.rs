@@ -72,22 +72,47 @@ impl Serve {
             .await
             .context("could not announce this peer to the cluster")?;
         println!("serving {listings} listing(s) at {endpoint}");
-        let presence = tokio::spawn({
+        let mut presence = tokio::spawn({
             let client = client.clone();
             let store = store.clone();
             let endpoint = endpoint.clone();
             let stopped = stopped.clone();
             async move { keep_presence(&client, &endpoint, Some(&store), stopped()).await }
         });
-        shutdown_signal().await;
+        // Serve until asked to stop, or until presence fails for good (an
+        // expired session, say): a seller nobody can find must not look
+        // alive.
+        let lost = tokio::select! {
+            () = shutdown_signal() => None,
+            ended = &mut presence => Some(ended),
+        };
         tracing::info!("stopping: going offline");
         let _ = stop_tx.send(true);
-        if let Ok(Err(e)) = presence.await {
-            tracing::warn!(error = %e, "presence ended with an error");
-        }
+        let presence_result = match lost {
+            Some(ended) => ended,
+            None => presence.await,
+        };
         server.await.context("the file server stopped")??;
-        Ok(())
+        match presence_result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if lost_early(&e) => Err(anyhow::anyhow!(
+                "stopped serving: the cluster no longer accepts this peer's session ({e}); log in again with `agora login`, then run `agora serve` again"
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "presence ended with an error");
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("the presence task failed: {e}")),
+        }
     }
+}
+
+/// Whether presence ended because the session is no longer good.
+fn lost_early(e: &agora_peer::ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+    )
 }
 
 /// Ctrl-C or SIGTERM.
