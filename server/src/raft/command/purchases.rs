@@ -181,9 +181,23 @@ pub(super) async fn complete(
         Ok(Completion::Again) => Ok(Outcome::Purchase { purchase_id }),
         Ok(Completion::Settle) => {
             let mut commission = 0;
+            let window = store::purchases::dispute_window_ms(&mut *conn).await?;
             if let Some(hold_id) = purchase.hold_id {
                 let bps = store::ledger::commission_bps(&mut *conn).await?;
                 commission = ledger::commission(purchase.price, bps).unwrap_or(0);
+                // Check that the proceeds can be held before anything is
+                // written: a refusal must change nothing.
+                let net = purchase.price.saturating_sub(commission);
+                let Some(mut seller) =
+                    store::ledger::user_account(&mut *conn, purchase.seller_id).await?
+                else {
+                    return Ok(no_account(purchase.seller_id));
+                };
+                if window > 0 {
+                    if let Err(e) = ledger::hold_proceeds(&mut seller, net) {
+                        return Ok(Outcome::Rejected(e.into()));
+                    }
+                }
                 let reference = purchase_id.to_string();
                 let posted = close_hold(
                     conn,
@@ -210,8 +224,7 @@ pub(super) async fn complete(
             )
             .await?;
             // The proceeds stay held on the seller's account for the dispute
-            // window (available at once when the window is 0).
-            let window = store::purchases::dispute_window_ms(&mut *conn).await?;
+            // window (available at once when the window is 0); checked above.
             let net = purchase.price.saturating_sub(commission);
             let release_at = ctx.time_ms.saturating_add(window);
             if window > 0 {
