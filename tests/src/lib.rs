@@ -34,6 +34,6 @@ pub use audit::wait_clean_audit;
 pub use binaries::{binary, SERVER_BINARY};
 pub use cli::{CliOutput, CliProcess, PeerCli, Pipe, PEER_BINARY, RUN_TIMEOUT};
 pub use cluster::{CertDir, TestCluster, TestOptions};
-pub use market::{peer_client, MarketUser};
+pub use market::{peer_client, MarketUser, Shop};
 pub use node::NodeInfo;
 pub use wait::{wait_for, Probe, POLL_INTERVAL};

@@ -1,16 +1,22 @@
 //! Market users for library-driven tests: a registered, logged-in account
-//! with its own peer database, and a client of every node as a peer sees
-//! the cluster (no operator certificate).
+//! with its own peer database and, for a seller, an in-process file server;
+//! and a client of every node as a peer sees the cluster (no operator
+//! certificate).
 
 use std::path::Path;
+use std::time::Duration;
 
 use agora_peer::buying::Buyer;
 use agora_peer::local::Download;
+use agora_peer::selling::{SellError, Seller};
 use agora_peer::{
-    account, ledger, purchase, request_id, ClientError, ClusterClient, PeerStore, Session,
+    account, ledger, presence, purchase, request_id, ClientError, ClusterClient, PeerStore, Session,
 };
 use agora_proto::market::{BalanceReply, PurchaseReply, RequestId};
 use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::TestCluster;
 
@@ -118,5 +124,82 @@ impl MarketUser {
             .download(purchase_id)
             .await?
             .with_context(|| format!("{} has no download of purchase {purchase_id}", self.name))
+    }
+}
+
+/// Longest an in-process file server may take to stop.
+const SHUTDOWN: Duration = Duration::from_secs(15);
+
+/// A seller's in-process file server (real peer TLS on loopback) and its
+/// presence, until closed.
+pub struct Shop {
+    /// Where it serves.
+    pub endpoint: String,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<Result<(), SellError>>,
+    presence: JoinHandle<Result<(), ClientError>>,
+}
+
+impl MarketUser {
+    /// Starts this user's file server on an ephemeral port, announces it and
+    /// keeps its presence alive (should a test outlast the lease on a slow
+    /// machine); with `corrupt`, the server corrupts that chunk of every file
+    /// it sends (a dishonest seller).
+    ///
+    /// # Errors
+    /// When the port, the ticket key or the announcement fails.
+    pub async fn open_shop(&self, corrupt: Option<u64>) -> anyhow::Result<Shop> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = listener.local_addr()?.to_string();
+        let mut files = Seller::new(self.client.clone(), self.store.clone(), self.id).await?;
+        if let Some(index) = corrupt {
+            files = files.corrupting_chunk(index);
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let server = {
+            let identity = self.session.identity.clone();
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                files
+                    .serve(listener, &identity, async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    })
+                    .await
+            })
+        };
+        presence::announce(&self.client, &endpoint).await?;
+        let presence = {
+            let (client, endpoint, mut stop) = (self.client.clone(), endpoint.clone(), stop_rx);
+            tokio::spawn(async move {
+                presence::keep_presence(&client, &endpoint, None, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+            })
+        };
+        Ok(Shop {
+            endpoint,
+            stop,
+            server,
+            presence,
+        })
+    }
+}
+
+impl Shop {
+    /// Stops the server and the presence; fails if either ended badly or
+    /// does not stop in time.
+    ///
+    /// # Errors
+    /// Either task's error, or a timeout.
+    pub async fn close(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(SHUTDOWN, self.server)
+            .await
+            .context("the file server did not stop")???;
+        tokio::time::timeout(SHUTDOWN, self.presence)
+            .await
+            .context("the presence task did not stop")???;
+        Ok(())
     }
 }

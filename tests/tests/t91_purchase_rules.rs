@@ -58,8 +58,8 @@ use agora_peer::buying::Silent;
 use agora_peer::catalogue::{self, NewListing};
 use agora_peer::local::DownloadState;
 use agora_peer::peer_tls::{self, PeerIdentity};
-use agora_peer::selling::{Seller, MAX_FETCH_MESSAGE_BYTES};
-use agora_peer::{account, ledger, new_request_id, presence, purchase, ClientError, ClusterClient};
+use agora_peer::selling::MAX_FETCH_MESSAGE_BYTES;
+use agora_peer::{account, ledger, new_request_id, purchase, ClientError, ClusterClient};
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
 use agora_proto::market::{ListingFields, PurchaseState, ReadConsistency};
 use agora_proto::merkle::{Hash, MerkleBuilder};
@@ -70,8 +70,6 @@ use agora_tests::{
     peer_client, wait_clean_audit, wait_for, MarketUser, Probe, TestCluster, TestOptions,
 };
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -90,8 +88,6 @@ const DEFAULT_BPS: u64 = 100;
 const CONVERGE: Duration = Duration::from_secs(30);
 /// Longest one real purchase of a small file may take on a busy machine.
 const TRANSFER: Duration = Duration::from_secs(60);
-/// Longest the in-process file server may take to stop.
-const SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// A registered, logged-in user with its own peer database.
 type User = MarketUser;
@@ -335,32 +331,8 @@ async fn purchase_rules() -> anyhow::Result<()> {
     let l_other = publish(&sam, &other, "Other goods", 1_00).await?;
     let l_free = publish(&sam, &free, "Free sample", 0).await?;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let seller = Seller::new(sam.client.clone(), sam.store.clone(), sam.id).await?;
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let server = {
-        let identity = sam.session.identity.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            seller
-                .serve(listener, &identity, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    presence::announce(&sam.client, &endpoint).await?;
-    // Renewals, should the test outlast the lease on a slow machine.
-    let presence_task = {
-        let (client, endpoint, mut stop) = (sam.client.clone(), endpoint.clone(), stop_rx);
-        tokio::spawn(async move {
-            presence::keep_presence(&client, &endpoint, None, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
+    let shop = sam.open_shop(None).await?;
+    let endpoint = shop.endpoint.clone();
     let start_money = money(&bea, &mal, &sam).await?;
     assert_eq!(
         start_money,
@@ -790,13 +762,7 @@ async fn purchase_rules() -> anyhow::Result<()> {
     );
 
     // --- 8. The seller stops; the audit is clean everywhere.
-    let _ = stop_tx.send(true);
-    tokio::time::timeout(SHUTDOWN, server)
-        .await
-        .context("the file server did not stop")???;
-    tokio::time::timeout(SHUTDOWN, presence_task)
-        .await
-        .context("the presence task did not stop")???;
+    shop.close().await?;
     let (index, digest) =
         wait_clean_audit(&admin, "a clean audit on all three nodes", CONVERGE).await?;
     eprintln!(

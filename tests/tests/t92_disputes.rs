@@ -66,10 +66,8 @@ use agora_peer::buying::{BuyError, Silent};
 use agora_peer::catalogue::{self, NewListing};
 use agora_peer::local::{Download, DownloadState};
 use agora_peer::peer_tls::{self, PeerIdentity};
-use agora_peer::selling::{SellError, Seller, MAX_FETCH_MESSAGE_BYTES};
-use agora_peer::{
-    ledger, new_request_id, presence, purchase, ClientError, ClusterClient, PeerStore,
-};
+use agora_peer::selling::MAX_FETCH_MESSAGE_BYTES;
+use agora_peer::{ledger, new_request_id, purchase, ClientError, ClusterClient, PeerStore};
 use agora_proto::dispute;
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
 use agora_proto::market::{
@@ -84,9 +82,6 @@ use agora_tests::{
     peer_client, wait_clean_audit, wait_for, MarketUser, PeerCli, Probe, TestCluster, TestOptions,
 };
 use anyhow::Context as _;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tonic::Code;
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -117,8 +112,6 @@ const SHORT_WINDOW_MS: u64 = 2_000;
 const CONVERGE: Duration = Duration::from_secs(30);
 /// Longest one real purchase of a small file may take on a busy machine.
 const TRANSFER: Duration = Duration::from_secs(60);
-/// Longest an in-process file server may take to stop.
-const SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// The commission on `price` at the default rate (exact for both prices).
 const fn fee(price: u64) -> u64 {
@@ -340,67 +333,6 @@ async fn publish(seller: &User, path: &Path, title: &str, price: u64) -> anyhow:
     .await
     .with_context(|| format!("publishing {title}"))?;
     Ok(published.listing.id)
-}
-
-/// A seller's in-process file server and presence, until closed.
-struct FileServer {
-    endpoint: String,
-    stop: watch::Sender<bool>,
-    server: JoinHandle<Result<(), SellError>>,
-    presence: JoinHandle<Result<(), ClientError>>,
-}
-
-/// Starts `seller`'s file server on an ephemeral port and announces it;
-/// with `corrupt`, the server corrupts that chunk of every file it sends.
-async fn open_shop(seller: &User, corrupt: Option<u64>) -> anyhow::Result<FileServer> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = listener.local_addr()?.to_string();
-    let mut files = Seller::new(seller.client.clone(), seller.store.clone(), seller.id).await?;
-    if let Some(index) = corrupt {
-        files = files.corrupting_chunk(index);
-    }
-    let (stop, stop_rx) = watch::channel(false);
-    let server = {
-        let identity = seller.session.identity.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            files
-                .serve(listener, &identity, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    presence::announce(&seller.client, &endpoint).await?;
-    // Renewals, should the test outlast the lease on a slow machine.
-    let presence = {
-        let (client, endpoint, mut stop) = (seller.client.clone(), endpoint.clone(), stop_rx);
-        tokio::spawn(async move {
-            presence::keep_presence(&client, &endpoint, None, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-    Ok(FileServer {
-        endpoint,
-        stop,
-        server,
-        presence,
-    })
-}
-
-impl FileServer {
-    async fn close(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(SHUTDOWN, self.server)
-            .await
-            .context("the file server did not stop")???;
-        tokio::time::timeout(SHUTDOWN, self.presence)
-            .await
-            .context("the presence task did not stop")???;
-        Ok(())
-    }
 }
 
 /// Buys `listing_id` as `buyer` into `out` with the library's buyer;
@@ -719,8 +651,8 @@ async fn disputes() -> anyhow::Result<()> {
     write_random_file(&fakes, FILE_SIZE, 2)?;
     let l_good = publish(&sam, &goods, "Goods", PRICE).await?;
     let l_bad = publish(&dan, &fakes, "Too good to be true", BAD_PRICE).await?;
-    let sam_shop = open_shop(&sam, None).await?;
-    let dan_shop = open_shop(&dan, Some(BAD_CHUNK)).await?;
+    let sam_shop = sam.open_shop(None).await?;
+    let dan_shop = dan.open_shop(Some(BAD_CHUNK)).await?;
     let parties = Parties {
         bea: &bea,
         mal: &mal,
