@@ -14,9 +14,9 @@ use agora_peer::buying::{Buyer, Progress};
 use agora_peer::catalogue::read_your_writes;
 use agora_peer::local::{Download, DownloadState};
 use agora_peer::presence::keep_presence;
+use agora_peer::purchase;
 use agora_peer::selling::{self, Seller};
 use agora_peer::table::Table;
-use agora_peer::{purchase, PeerStore};
 use agora_proto::amount::format_amount;
 use agora_proto::market::{Purchase, PurchaseRole, PurchaseState};
 use agora_proto::merkle;
@@ -161,7 +161,7 @@ impl Buy {
         let done = buyer
             .buy(self.listing, self.out, self.hold_secs, &mut progress)
             .await;
-        report(peer, done?, &signed.store).await
+        report(peer, &done?)
     }
 }
 
@@ -178,7 +178,7 @@ impl Resume {
         let signed = peer.signed_in().await?;
         let mut progress = Bar::new(peer.json());
         let done = buyer(&signed).resume(self.purchase, &mut progress).await;
-        report(peer, done?, &signed.store).await
+        report(peer, &done?)
     }
 }
 
@@ -324,10 +324,10 @@ fn buyer(signed: &SignedIn) -> Buyer<'_> {
     }
 }
 
-async fn report(peer: &Peer, d: Download, store: &PeerStore) -> anyhow::Result<()> {
+fn report(peer: &Peer, d: &Download) -> anyhow::Result<()> {
     let count = merkle::chunk_count(d.size, d.chunk_size);
     if peer.json() {
-        println!("{}", download_json(&d, count));
+        println!("{}", download_json(d, count));
     } else {
         println!(
             "bought {:?} (purchase {}) for {}: {} written to {}",
@@ -338,7 +338,6 @@ async fn report(peer: &Peer, d: Download, store: &PeerStore) -> anyhow::Result<(
             d.out_path.display()
         );
     }
-    let _ = store;
     Ok(())
 }
 
