@@ -229,7 +229,7 @@ impl Buyer<'_> {
                 purchase_id = d.purchase_id,
                 "continuing the unfinished purchase"
             );
-            return self.finish(d, progress).await;
+            return self.finish(d, progress, Begun::Earlier).await;
         }
         if let Some(out) = &out {
             if out.exists() {
@@ -335,7 +335,7 @@ impl Buyer<'_> {
         };
         self.store.save_download(&download).await?;
         self.store.clear_setting(&pending).await?;
-        self.finish(download, progress).await
+        self.finish(download, progress, Begun::Now).await
     }
 
     /// Continues purchase `purchase_id` from wherever it stopped.
@@ -353,7 +353,7 @@ impl Buyer<'_> {
             .await?
             .filter(|d| d.buyer_id == self.user_id)
             .ok_or(BuyError::UnknownPurchase(purchase_id))?;
-        self.finish(d, progress).await
+        self.finish(d, progress, Begun::Earlier).await
     }
 
     /// Cancels purchase `purchase_id`; the money is available again.
@@ -395,12 +395,13 @@ impl Buyer<'_> {
         &self,
         mut d: Download,
         progress: &mut dyn Progress,
+        begun: Begun,
     ) -> Result<Download, BuyError> {
         let files = self.files(d.purchase_id);
         if d.state == DownloadState::Fetching {
             let root = match d.ciphertext_root {
                 Some(root) if files.complete(&d)? => root,
-                _ => match self.fetch(&d, &files, progress).await {
+                _ => match self.fetch(&d, &files, progress, begun).await {
                     Ok(root) => root,
                     // The seller cannot help: the purchase may be over
                     // already, which is what the buyer should hear.
@@ -578,6 +579,7 @@ impl Buyer<'_> {
         d: &Download,
         files: &Files,
         progress: &mut dyn Progress,
+        begun: Begun,
     ) -> Result<Hash, BuyError> {
         let seller_error = |reason: String| BuyError::Seller {
             purchase_id: d.purchase_id,
@@ -593,10 +595,10 @@ impl Buyer<'_> {
         let chunk_count = merkle::chunk_count(d.size, d.chunk_size);
         let from_chunk = ct_leaves.len() as u64;
 
-        // A seller that restarted may listen elsewhere: ask where it is now
-        // (a resumed download), else use the address from the purchase.
+        // A seller that restarted may listen elsewhere: a download begun
+        // earlier asks where it is now; a fresh one has just been told.
         let mut endpoint = d.seller_endpoint.clone();
-        if from_chunk > 0 || d.started_ms + 5_000 < now_ms() {
+        if begun == Begun::Earlier {
             if let Ok(consistency) = read_your_writes(Some(self.store)).await {
                 if let Ok(Some(now)) =
                     purchase::seller_endpoint(self.client, d.purchase_id, consistency).await
@@ -759,6 +761,16 @@ impl Buyer<'_> {
             }
         }
     }
+}
+
+/// Whether a download's purchase was opened by this very call (so the
+/// seller's address in it is fresh) or earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begun {
+    /// Just now.
+    Now,
+    /// By an earlier call or process.
+    Earlier,
 }
 
 /// Chunks queued for the disk while the network keeps receiving.
