@@ -460,6 +460,7 @@ impl AdminService for AdminApi {
                             id: *id,
                             matched_index: matched,
                             lag: last_log.saturating_sub(matched),
+                            ..ReplicationLag::default()
                         }
                     })
                     .collect()
@@ -482,6 +483,7 @@ impl AdminService for AdminApi {
             uptime_secs: node.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             replication,
+            ..NodeStatus::default()
         }))
     }
 
@@ -681,5 +683,61 @@ impl AdminService for AdminApi {
                 )));
             }
         }
+    }
+
+    async fn events(
+        &self,
+        request: Request<agora_proto::admin::EventsRequest>,
+    ) -> Result<Response<agora_proto::admin::EventsReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("events: coming"))
+    }
+
+    async fn find_users(
+        &self,
+        request: Request<agora_proto::admin::FindUsersRequest>,
+    ) -> Result<Response<agora_proto::admin::FindUsersReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("find users: coming"))
+    }
+
+    async fn show_user(
+        &self,
+        request: Request<agora_proto::admin::ShowUserRequest>,
+    ) -> Result<Response<agora_proto::admin::UserDetail>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("show user: coming"))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<agora_proto::admin::DeleteUserRequest>,
+    ) -> Result<Response<agora_proto::admin::DeleteUserReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("delete user: coming"))
+    }
+
+    async fn get_settings(
+        &self,
+        request: Request<agora_proto::admin::GetSettingsRequest>,
+    ) -> Result<Response<agora_proto::admin::Settings>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("settings: coming"))
+    }
+
+    async fn set_setting(
+        &self,
+        request: Request<agora_proto::admin::SetSettingRequest>,
+    ) -> Result<Response<agora_proto::admin::Settings>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("settings: coming"))
+    }
+
+    async fn log_tail(
+        &self,
+        request: Request<agora_proto::admin::LogTailRequest>,
+    ) -> Result<Response<agora_proto::admin::LogTailReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        Err(Status::unimplemented("log tail: coming"))
     }
 }
