@@ -84,6 +84,54 @@ struct Shared {
     leader_hint: AtomicU64,
     /// How hard calls try; fixed for the client's life.
     policy: RetryPolicy,
+    /// Failed attempts that were retried, by kind; shared with every
+    /// client derived from this one (a load test reports them).
+    retried: Arc<RetryCounts>,
+}
+
+/// How many failed attempts a client retried (so the caller never saw
+/// them), by kind: `redirect` (not the leader), `unavailable`,
+/// `deadline_exceeded`, `connection` (no answer at all), or the code.
+#[derive(Debug, Default)]
+pub struct RetryCounts {
+    counts: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl RetryCounts {
+    /// Counts one retried attempt that failed with `status`.
+    fn record(&self, status: &Status) {
+        let kind = retry_kind(status);
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// The counts so far, by kind.
+    #[must_use]
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(kind, n)| ((*kind).to_owned(), *n))
+            .collect()
+    }
+}
+
+/// The kind a retried failure is counted under.
+fn retry_kind(status: &Status) -> &'static str {
+    if leader_hint_of(status).is_some() {
+        return "redirect";
+    }
+    match status.code() {
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        _ if std::error::Error::source(status).is_some() => "connection",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +197,7 @@ impl ClusterClient {
                 nodes: RwLock::new(map),
                 leader_hint: AtomicU64::new(NO_LEADER),
                 policy: RetryPolicy::default(),
+                retried: Arc::default(),
             }),
             auth: SessionAuth::default(),
         })
@@ -201,9 +250,17 @@ impl ClusterClient {
                 nodes: RwLock::new(self.read_nodes().clone()),
                 leader_hint: AtomicU64::new(shared.leader_hint.load(Ordering::Relaxed)),
                 policy,
+                retried: shared.retried.clone(),
             }),
             auth: self.auth.clone(),
         }
+    }
+
+    /// The failed attempts this client (and every client sharing its
+    /// channels) retried, by kind.
+    #[must_use]
+    pub fn retried(&self) -> BTreeMap<String, u64> {
+        self.shared.retried.snapshot()
     }
 
     /// The retry policy in force.
@@ -454,8 +511,12 @@ impl ClusterClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         let read_timeout = self.shared.policy.read_timeout;
-        let mut last = Status::unavailable("no node to ask");
+        let mut last: Option<Status> = None;
         for id in order {
+            if let Some(status) = &last {
+                // Another node is asked: the previous failure is retried away.
+                self.shared.retried.record(status);
+            }
             let channel = self
                 .channel(id)
                 .map_err(|err| Status::not_found(err.to_string()))?;
@@ -470,9 +531,9 @@ impl ClusterClient {
             if !is_retryable(&status) {
                 return Err(status);
             }
-            last = status;
+            last = Some(status);
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| Status::unavailable("no node to ask")))
     }
 
     /// Runs `op` against the leader: first the believed leader (any node if
@@ -542,6 +603,7 @@ impl ClusterClient {
                 };
                 return Err(gave_up(node, &status, attempt, started.elapsed()));
             }
+            self.shared.retried.record(&status);
             tracing::debug!(
                 node = target,
                 next,
