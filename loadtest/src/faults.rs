@@ -22,6 +22,8 @@ use crate::stats::Recorder;
 const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long a randomly killed node stays down unless --restart-after says.
 const DEFAULT_DOWN: Duration = Duration::from_secs(5);
+/// How often the leader is asked for after a crash.
+const ELECTION_POLL: Duration = Duration::from_millis(20);
 /// Longest a leader may take to be known before a kill is skipped.
 const LEADER_WAIT: Duration = Duration::from_secs(20);
 
@@ -36,6 +38,8 @@ pub struct Crash {
     pub at_ms: u64,
     /// `sigkill` or `crash_rpc`.
     pub how: &'static str,
+    /// How long after the crash another node was first seen leading, ms.
+    pub new_leader_after_ms: Option<u64>,
     /// When it was started again, ms since the start (spawned clusters).
     pub restarted_at_ms: Option<u64>,
     /// The longest time without a finished write from the crash on (30 s
@@ -80,7 +84,7 @@ impl Faults {
                 if let (Some(down), Some(cluster), None) = (down, &spawned, &crash.error) {
                     // A pending restart happens even when the run has just
                     // ended: the audit wants every node.
-                    let back = Instant::now() + down;
+                    let back = start + Duration::from_millis(crash.at_ms) + down;
                     let _ = sleep_unless_stopped(back, &stop).await;
                     let restarted = {
                         let mut c = cluster.lock().unwrap_or_else(PoisonError::into_inner);
@@ -172,6 +176,7 @@ async fn crash_one(
         } else {
             "crash_rpc"
         },
+        new_leader_after_ms: None,
         restarted_at_ms: None,
         gap_ms: None,
         error: None,
@@ -205,6 +210,18 @@ async fn crash_one(
     };
     if let Err(e) = result {
         crash.error = Some(format!("{e:#}"));
+        return crash;
+    }
+    // How long the cluster itself took to elect someone else.
+    let deadline = Instant::now() + LEADER_WAIT;
+    while Instant::now() < deadline {
+        if let Ok(leader) = crate::cluster::leader_id(operator).await {
+            if leader != node {
+                crash.new_leader_after_ms = Some(recorder.now_ms().saturating_sub(crash.at_ms));
+                break;
+            }
+        }
+        tokio::time::sleep(ELECTION_POLL).await;
     }
     crash
 }

@@ -83,11 +83,13 @@ pub fn print(report: &Report) {
     );
     for c in &report.crashes {
         println!(
-            "crash: node {}{} {} at {:.1} s{}: failover gap {} ms{}",
+            "crash: node {}{} {} at {:.1} s, new leader after {} ms{}: failover gap {} ms{}",
             c.node,
             if c.was_leader { " (leader)" } else { "" },
             c.how,
             c.at_ms as f64 / 1000.0,
+            c.new_leader_after_ms
+                .map_or("?".to_owned(), |g| g.to_string()),
             c.restarted_at_ms
                 .map(|r| format!(", restarted at {:.1} s", r as f64 / 1000.0))
                 .unwrap_or_default(),

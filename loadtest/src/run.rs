@@ -34,6 +34,9 @@ const LOAD_RETRY: RetryPolicy = RetryPolicy {
     attempt_timeout: Duration::from_secs(5),
     read_timeout: Duration::from_secs(10),
 };
+/// Longest pause between two attempts of a write: short, so that writes
+/// find a new leader within a fraction of a second of its election.
+const LOAD_BACKOFF_CAP: Duration = Duration::from_millis(200);
 
 /// A named set of defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -390,12 +393,15 @@ async fn drive(
 ) -> anyhow::Result<bool> {
     let operator = ClusterClient::load(cluster_file)
         .with_context(|| format!("cannot use {}", cluster_file.display()))?
-        .with_retry_policy(LOAD_RETRY);
+        .with_retry_policy(LOAD_RETRY)
+        .with_backoff_cap(LOAD_BACKOFF_CAP);
     // The users' connections: `--connections` clients, each one channel
     // per node, shared by every user (and so counting every retry).
     let mut clients = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let client = ClusterClient::load(cluster_file)?.with_retry_policy(LOAD_RETRY);
+        let client = ClusterClient::load(cluster_file)?
+            .with_retry_policy(LOAD_RETRY)
+            .with_backoff_cap(LOAD_BACKOFF_CAP);
         clients.push(client.with_bearer(None));
     }
     let dir = tempfile::Builder::new()

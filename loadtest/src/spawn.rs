@@ -22,7 +22,7 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const PORT_TRIES: u32 = 50;
 /// Raft timings of a spawned cluster: a crashed leader is replaced within
 /// about a second (the node defaults, 1.5-3 s, suit real networks).
-const NODE_CONFIG: &str = "heartbeat_ms = 100\nelection_min_ms = 600\nelection_max_ms = 1200\nenable_fault_injection = true\n";
+const NODE_CONFIG: &str = "heartbeat_ms = 75\nelection_min_ms = 300\nelection_max_ms = 600\nenable_fault_injection = true\n";
 /// The environment variable a node reads its config file from.
 const NODE_CONFIG_ENV: &str = "AGORA_NODE_CONFIG";
 

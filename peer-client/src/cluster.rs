@@ -23,7 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::bearer::{BearerToken, SessionAuth};
-use crate::retry::{backoff, gave_up, is_retryable, leader_hint_of};
+use crate::retry::{backoff, gave_up, is_retryable, leader_hint_of, BACKOFF_MAX};
 use crate::{ClientError, ClientTls, RetryPolicy};
 
 /// An admin client whose calls carry the [`ClusterClient`]'s session token,
@@ -87,6 +87,8 @@ struct Shared {
     /// Failed attempts that were retried, by kind; shared with every
     /// client derived from this one (a load test reports them).
     retried: Arc<RetryCounts>,
+    /// Longest pause between two attempts of a leader call.
+    backoff_cap: Duration,
 }
 
 /// How many failed attempts a client retried (so the caller never saw
@@ -198,6 +200,7 @@ impl ClusterClient {
                 leader_hint: AtomicU64::new(NO_LEADER),
                 policy: RetryPolicy::default(),
                 retried: Arc::default(),
+                backoff_cap: BACKOFF_MAX,
             }),
             auth: SessionAuth::default(),
         })
@@ -243,6 +246,19 @@ impl ClusterClient {
     /// test that expects failure, or a longer one for a load test).
     #[must_use]
     pub fn with_retry_policy(self, policy: RetryPolicy) -> Self {
+        self.reshared(policy, self.shared.backoff_cap)
+    }
+
+    /// This client pausing at most `cap` between attempts of a leader call
+    /// (default 1 s): a load test measuring failover wants its writes to
+    /// find a new leader soon after it is elected, not up to a second later.
+    #[must_use]
+    pub fn with_backoff_cap(self, cap: Duration) -> Self {
+        self.reshared(self.shared.policy, cap)
+    }
+
+    /// A copy with its own shared state (the same nodes and retry counts).
+    fn reshared(&self, policy: RetryPolicy, backoff_cap: Duration) -> Self {
         let shared = &self.shared;
         Self {
             shared: Arc::new(Shared {
@@ -251,6 +267,7 @@ impl ClusterClient {
                 leader_hint: AtomicU64::new(shared.leader_hint.load(Ordering::Relaxed)),
                 policy,
                 retried: shared.retried.clone(),
+                backoff_cap,
             }),
             auth: self.auth.clone(),
         }
@@ -592,7 +609,7 @@ impl ClusterClient {
             let pause = if follow_now {
                 Duration::ZERO
             } else {
-                backoff(attempt)
+                backoff(attempt).min(self.shared.backoff_cap)
             };
             if attempt >= policy.max_attempts || started.elapsed() + pause > policy.budget {
                 let (node, status) = match last_answer {
