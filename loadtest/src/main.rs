@@ -1,12 +1,19 @@
 //! `agora-loadtest`: drives load against a real Agora cluster and reports
 //! what it measured.
 
+mod audit;
 mod buying;
 mod catalogue;
 mod cluster;
+mod faults;
 mod latency;
 mod ledger;
 mod logins;
+mod report;
+mod run;
+mod sim;
+mod spawn;
+mod stats;
 mod writes;
 
 use std::process::ExitCode;
@@ -23,6 +30,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Simulated users against a real cluster (or one it spawns), faults
+    /// on a schedule, a report and a closing audit.
+    Run(run::RunArgs),
     /// Replicated write throughput and latency (the core's raw write path).
     Writes(writes::WritesArgs),
     /// OPAQUE logins per second served by the cluster.
@@ -49,6 +59,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Run(args) => run::run(args).await,
             Command::Writes(args) => writes::run(args).await,
             Command::Logins(args) => logins::run(args).await,
             Command::Ledger(args) => ledger::run(args).await,

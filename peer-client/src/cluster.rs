@@ -23,7 +23,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::bearer::{BearerToken, SessionAuth};
-use crate::retry::{backoff, gave_up, is_retryable, leader_hint_of};
+use crate::retry::{backoff, gave_up, is_retryable, leader_hint_of, BACKOFF_MAX};
 use crate::{ClientError, ClientTls, RetryPolicy};
 
 /// An admin client whose calls carry the [`ClusterClient`]'s session token,
@@ -84,6 +84,56 @@ struct Shared {
     leader_hint: AtomicU64,
     /// How hard calls try; fixed for the client's life.
     policy: RetryPolicy,
+    /// Failed attempts that were retried, by kind; shared with every
+    /// client derived from this one (a load test reports them).
+    retried: Arc<RetryCounts>,
+    /// Longest pause between two attempts of a leader call.
+    backoff_cap: Duration,
+}
+
+/// How many failed attempts a client retried (so the caller never saw
+/// them), by kind: `redirect` (not the leader), `unavailable`,
+/// `deadline_exceeded`, `connection` (no answer at all), or the code.
+#[derive(Debug, Default)]
+pub struct RetryCounts {
+    counts: std::sync::Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl RetryCounts {
+    /// Counts one retried attempt that failed with `status`.
+    fn record(&self, status: &Status) {
+        let kind = retry_kind(status);
+        *self
+            .counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(kind)
+            .or_default() += 1;
+    }
+
+    /// The counts so far, by kind.
+    #[must_use]
+    pub fn snapshot(&self) -> BTreeMap<String, u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(kind, n)| ((*kind).to_owned(), *n))
+            .collect()
+    }
+}
+
+/// The kind a retried failure is counted under.
+fn retry_kind(status: &Status) -> &'static str {
+    if leader_hint_of(status).is_some() {
+        return "redirect";
+    }
+    match status.code() {
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        _ if std::error::Error::source(status).is_some() => "connection",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,6 +199,8 @@ impl ClusterClient {
                 nodes: RwLock::new(map),
                 leader_hint: AtomicU64::new(NO_LEADER),
                 policy: RetryPolicy::default(),
+                retried: Arc::default(),
+                backoff_cap: BACKOFF_MAX,
             }),
             auth: SessionAuth::default(),
         })
@@ -194,6 +246,19 @@ impl ClusterClient {
     /// test that expects failure, or a longer one for a load test).
     #[must_use]
     pub fn with_retry_policy(self, policy: RetryPolicy) -> Self {
+        self.reshared(policy, self.shared.backoff_cap)
+    }
+
+    /// This client pausing at most `cap` between attempts of a leader call
+    /// (default 1 s): a load test measuring failover wants its writes to
+    /// find a new leader soon after it is elected, not up to a second later.
+    #[must_use]
+    pub fn with_backoff_cap(self, cap: Duration) -> Self {
+        self.reshared(self.shared.policy, cap)
+    }
+
+    /// A copy with its own shared state (the same nodes and retry counts).
+    fn reshared(&self, policy: RetryPolicy, backoff_cap: Duration) -> Self {
         let shared = &self.shared;
         Self {
             shared: Arc::new(Shared {
@@ -201,9 +266,18 @@ impl ClusterClient {
                 nodes: RwLock::new(self.read_nodes().clone()),
                 leader_hint: AtomicU64::new(shared.leader_hint.load(Ordering::Relaxed)),
                 policy,
+                retried: shared.retried.clone(),
+                backoff_cap,
             }),
             auth: self.auth.clone(),
         }
+    }
+
+    /// The failed attempts this client (and every client sharing its
+    /// channels) retried, by kind.
+    #[must_use]
+    pub fn retried(&self) -> BTreeMap<String, u64> {
+        self.shared.retried.snapshot()
     }
 
     /// The retry policy in force.
@@ -454,8 +528,12 @@ impl ClusterClient {
         Fut: Future<Output = Result<T, Status>>,
     {
         let read_timeout = self.shared.policy.read_timeout;
-        let mut last = Status::unavailable("no node to ask");
+        let mut last: Option<Status> = None;
         for id in order {
+            if let Some(status) = &last {
+                // Another node is asked: the previous failure is retried away.
+                self.shared.retried.record(status);
+            }
             let channel = self
                 .channel(id)
                 .map_err(|err| Status::not_found(err.to_string()))?;
@@ -470,9 +548,9 @@ impl ClusterClient {
             if !is_retryable(&status) {
                 return Err(status);
             }
-            last = status;
+            last = Some(status);
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| Status::unavailable("no node to ask")))
     }
 
     /// Runs `op` against the leader: first the believed leader (any node if
@@ -531,7 +609,7 @@ impl ClusterClient {
             let pause = if follow_now {
                 Duration::ZERO
             } else {
-                backoff(attempt)
+                backoff(attempt).min(self.shared.backoff_cap)
             };
             if attempt >= policy.max_attempts || started.elapsed() + pause > policy.budget {
                 let (node, status) = match last_answer {
@@ -542,6 +620,7 @@ impl ClusterClient {
                 };
                 return Err(gave_up(node, &status, attempt, started.elapsed()));
             }
+            self.shared.retried.record(&status);
             tracing::debug!(
                 node = target,
                 next,

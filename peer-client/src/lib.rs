@@ -44,7 +44,7 @@ pub use account::{Account, Session, SessionInfo};
 pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};
 pub use cluster::{
     read_cluster_file, AccountClient, AdminClient, CatalogueClient, ClusterClient, LedgerClient,
-    PurchaseClient,
+    PurchaseClient, RetryCounts,
 };
 pub use error::ClientError;
 pub use local::{LocalListing, PeerStore, StoreError};

@@ -23,7 +23,7 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// First pause between attempts that do not follow a redirect.
 const BACKOFF_START: Duration = Duration::from_millis(50);
 /// Longest pause between attempts.
-const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(1000);
 
 /// How hard a [`ClusterClient`](crate::ClusterClient) tries before it
 /// returns an error. The default suits interactive use and tests on a busy

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     /// (load-test clusters only: it makes stolen password files cheap to
     /// attack).
     pub load_test_ksf: bool,
+    /// Let an admin abort this node through the `Crash` RPC (fault drills
+    /// and load tests only).
+    pub enable_fault_injection: bool,
     /// How long a login session lasts, in seconds.
     pub session_ttl_secs: u64,
     /// How long a seller's presence lease lasts without renewal, in
@@ -95,6 +98,7 @@ impl NodeConfig {
             max_payload_entries: 2_000,
             log_json: false,
             load_test_ksf: false,
+            enable_fault_injection: false,
             session_ttl_secs: 12 * 3600,
             presence_lease_ms: 120_000,
             purchase_hold_ms: 30 * 60 * 1000,
@@ -269,6 +273,10 @@ pub struct NodeArgs {
     /// Bootstrap with cheap Argon2id parameters: for load-test clusters only.
     #[arg(long)]
     pub load_test_ksf: bool,
+    /// Let an admin abort this node with the `Crash` RPC: for fault drills
+    /// and load tests only.
+    #[arg(long)]
+    pub enable_fault_injection: bool,
     /// How long a login session lasts, in seconds [default: 43200 = 12 h].
     #[arg(long, env = "AGORA_SESSION_TTL_SECS")]
     pub session_ttl_secs: Option<u64>,
@@ -333,6 +341,7 @@ impl NodeArgs {
         }
         config.log_json |= self.log_json;
         config.load_test_ksf |= self.load_test_ksf;
+        config.enable_fault_injection |= self.enable_fault_injection;
         Ok(config)
     }
 }

@@ -233,8 +233,10 @@ pub async fn run(
                 .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(node.clone()))
-                .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+            AdminServiceServer::new(
+                AdminApi::new(node.clone()).with_fault_injection(config.enable_fault_injection),
+            )
+            .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
         )
         .add_service(
             AccountServiceServer::new(AccountApi::new(

@@ -54,15 +54,30 @@ const SAFE_VOTERS: usize = 3;
 /// The service, over a running node.
 pub struct AdminApi {
     node: Arc<Node>,
+    /// Whether `Crash` may abort this process (`--enable-fault-injection`).
+    fault_injection: bool,
 }
 
 impl AdminApi {
     /// Serves `node`.
     #[must_use]
     pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+        Self {
+            node,
+            fault_injection: false,
+        }
+    }
+
+    /// Lets `Crash` abort the process when `enabled`.
+    #[must_use]
+    pub fn with_fault_injection(mut self, enabled: bool) -> Self {
+        self.fault_injection = enabled;
+        self
     }
 }
+
+/// How long `Crash` lets its reply travel before the process aborts.
+const CRASH_DELAY: Duration = Duration::from_millis(50);
 
 fn members(metrics: &RaftMetrics) -> Vec<Member> {
     let membership = metrics.membership_config.membership();
@@ -1056,6 +1071,28 @@ impl AdminService for AdminApi {
             path: path.display().to_string(),
             lines: tail,
             file_bytes,
+        }))
+    }
+
+    async fn crash(
+        &self,
+        request: Request<agora_proto::admin::CrashRequest>,
+    ) -> Result<Response<agora_proto::admin::CrashReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        if !self.fault_injection {
+            return Err(Status::failed_precondition(
+                "fault injection is off on this node; start it with --enable-fault-injection to allow Crash",
+            ));
+        }
+        tracing::warn!(id = self.node.id, "Crash requested: aborting the process");
+        // Abort from another task, after the reply has had time to leave,
+        // so the caller knows the request was taken rather than lost.
+        tokio::spawn(async {
+            tokio::time::sleep(CRASH_DELAY).await;
+            std::process::abort();
+        });
+        Ok(Response::new(agora_proto::admin::CrashReply {
+            id: self.node.id,
         }))
     }
 }
