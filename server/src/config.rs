@@ -59,6 +59,11 @@ pub struct NodeConfig {
     /// How long a purchase holds the buyer's money when the buyer names no
     /// time, in milliseconds: the download must complete within it.
     pub purchase_hold_ms: u64,
+    /// Local address this node's outgoing Raft connections come from
+    /// (`None`: whatever the system picks). Fault-injection tests give each
+    /// node its own loopback address (127.0.0.2, 127.0.0.3, ...) so that a
+    /// proxy in front of a node can tell which node is calling.
+    pub raft_source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +100,7 @@ impl NodeConfig {
             session_ttl_secs: 12 * 3600,
             presence_lease_ms: 120_000,
             purchase_hold_ms: 30 * 60 * 1000,
+            raft_source_ip: None,
         }
     }
 
@@ -276,6 +282,10 @@ pub struct NodeArgs {
     /// time, in milliseconds [default: 1800000].
     #[arg(long, env = "AGORA_PURCHASE_HOLD_MS")]
     pub purchase_hold_ms: Option<u64>,
+    /// Local IP address to open Raft connections to other nodes from
+    /// [default: chosen by the system]; for fault-injection tests.
+    #[arg(long)]
+    pub raft_source_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeArgs {
@@ -320,6 +330,9 @@ impl NodeArgs {
         }
         if self.advertise_raft.is_some() {
             config.advertise_raft.clone_from(&self.advertise_raft);
+        }
+        if self.raft_source_ip.is_some() {
+            config.raft_source_ip = self.raft_source_ip;
         }
         config.log_json |= self.log_json;
         config.load_test_ksf |= self.load_test_ksf;
