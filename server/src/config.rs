@@ -65,6 +65,11 @@ pub struct NodeConfig {
     /// The file this node's output goes to (its launcher redirects stderr
     /// there), so an operator can read its tail with `agora-admin log`.
     pub log_file: Option<PathBuf>,
+    /// Local address this node's outgoing Raft connections come from
+    /// (`None`: whatever the system picks). Fault-injection tests give each
+    /// node its own loopback address (127.0.0.2, 127.0.0.3, ...) so that a
+    /// proxy in front of a node can tell which node is calling.
+    pub raft_source_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for NodeConfig {
@@ -103,6 +108,7 @@ impl NodeConfig {
             presence_lease_ms: 120_000,
             purchase_hold_ms: 30 * 60 * 1000,
             log_file: None,
+            raft_source_ip: None,
         }
     }
 
@@ -291,6 +297,10 @@ pub struct NodeArgs {
     /// The file this node's output is redirected to, for `agora-admin log`.
     #[arg(long, env = "AGORA_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+    /// Local IP address to open Raft connections to other nodes from
+    /// [default: chosen by the system]; for fault-injection tests.
+    #[arg(long)]
+    pub raft_source_ip: Option<std::net::IpAddr>,
 }
 
 impl NodeArgs {
@@ -338,6 +348,9 @@ impl NodeArgs {
         }
         if self.advertise_raft.is_some() {
             config.advertise_raft.clone_from(&self.advertise_raft);
+        }
+        if self.raft_source_ip.is_some() {
+            config.raft_source_ip = self.raft_source_ip;
         }
         config.log_json |= self.log_json;
         config.load_test_ksf |= self.load_test_ksf;

@@ -142,7 +142,7 @@ pub async fn run(
 
     let log = LogStore::open(&config.data_dir.join("raft-log.db")).await?;
     let state = StateMachine::open(&config.data_dir).await?;
-    let peers = PeerChannels::new(tls.peer_client());
+    let peers = PeerChannels::new(tls.peer_client(), config.raft_source_ip);
     let raft = typ::Raft::new(
         config.id,
         Arc::new(config.raft_config()?),

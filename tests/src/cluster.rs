@@ -54,6 +54,10 @@ pub struct TestOptions {
     /// `RUST_LOG` for the nodes; `None` passes the test's own environment
     /// through.
     pub log_filter: Option<String>,
+    /// Start node `i` with `--raft-source-ip 127.0.0.(i+1)`, so that a
+    /// proxy in front of a node can tell which node calls it (see
+    /// [`crate::proxy`]).
+    pub raft_source_ips: bool,
 }
 
 impl Default for TestOptions {
@@ -68,6 +72,7 @@ impl Default for TestOptions {
             deadline: Duration::from_secs(30),
             extra_args: Vec::new(),
             log_filter: None,
+            raft_source_ips: false,
         }
     }
 }
@@ -93,6 +98,7 @@ impl TestOptions {
         NodeSettings {
             args,
             log_filter: self.log_filter.clone(),
+            raft_source_ips: self.raft_source_ips,
         }
     }
 }

@@ -23,11 +23,14 @@
 //! whose output lines a test waits for.
 
 mod audit;
+pub mod bank;
 mod binaries;
 mod cli;
 mod cluster;
 mod market;
+pub mod nemesis;
 mod node;
+pub mod proxy;
 mod wait;
 
 pub use audit::wait_clean_audit;

@@ -57,6 +57,8 @@ pub(crate) struct NodeSettings {
     pub args: Vec<String>,
     /// `RUST_LOG` for the node, when set.
     pub log_filter: Option<String>,
+    /// Add `--raft-source-ip` for the node's own loopback address.
+    pub raft_source_ips: bool,
 }
 
 /// A node of a test cluster, running or not.
@@ -125,6 +127,14 @@ impl NodeProcess {
             .arg("--key")
             .arg(&self.files.key)
             .args(&settings.args)
+            .args(if settings.raft_source_ips {
+                vec![
+                    "--raft-source-ip".to_owned(),
+                    crate::proxy::source_ip(self.id).to_string(),
+                ]
+            } else {
+                Vec::new()
+            })
             .stdin(Stdio::null())
             .env("RUST_BACKTRACE", "1")
             // Plain text logs: they are read in files, not on a terminal.

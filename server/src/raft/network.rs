@@ -3,11 +3,13 @@
 //! multiplex and reconnect by themselves).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agora_proto::raft::raft_service_client::RaftServiceClient;
 use agora_proto::raft::RaftPayload;
+use hyper_util::client::legacy::connect::HttpConnector;
 use openraft::error::{InstallSnapshotError, NetworkError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -31,6 +33,9 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct PeerChannels {
     tls: ClientTlsConfig,
+    /// The local address connections come from (`--raft-source-ip`), so a
+    /// fault-injecting proxy can tell the calling node apart.
+    source_ip: Option<IpAddr>,
     /// Keyed by address, so a node that moved gets a fresh channel.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// How this node's last Raft RPCs to each peer went: the leader's view
@@ -63,9 +68,11 @@ fn record_health(health: &Mutex<HashMap<NodeId, PeerHealth>>, target: NodeId, ok
 impl PeerChannels {
     /// Channels that present this node's certificate and trust the cluster CA.
     #[must_use]
-    pub fn new(tls: ClientTlsConfig) -> Self {
+    /// Connections come from `source_ip` when given.
+    pub fn new(tls: ClientTlsConfig, source_ip: Option<IpAddr>) -> Self {
         Self {
             tls,
+            source_ip,
             channels: Arc::default(),
             health: Arc::default(),
         }
@@ -95,12 +102,25 @@ impl PeerChannels {
         if let Some(c) = channels.get(raft_addr) {
             return Ok(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("https://{raft_addr}"))?
+        let endpoint = Endpoint::from_shared(format!("https://{raft_addr}"))?
             .tls_config(self.tls.clone())?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .connect_lazy();
+            .http2_keep_alive_interval(Duration::from_secs(10));
+        let channel = match self.source_ip {
+            None => endpoint.connect_lazy(),
+            // tonic 0.12's `Endpoint` cannot bind a local address itself;
+            // its own connector is this one without `set_local_address`
+            // (the TLS layer and the connect timeout still come from
+            // `endpoint`).
+            Some(ip) => {
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_nodelay(true);
+                http.set_local_address(Some(ip));
+                endpoint.connect_with_connector_lazy(http)
+            }
+        };
         channels.insert(raft_addr.to_owned(), channel.clone());
         Ok(channel)
     }

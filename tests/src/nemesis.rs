@@ -1,0 +1,392 @@
+//! The nemesis: faults injected into a real cluster of node processes on
+//! loopback while a workload runs, then healed.
+//!
+//! [`ChaosCluster`] is a [`TestCluster`] whose nodes reach each other only
+//! through the fault-injecting proxies of [`crate::proxy`], so that on top
+//! of crashes (SIGKILL, then a restart on the same data) and pauses
+//! (SIGSTOP / SIGCONT: a paused leader comes back believing it still
+//! leads) a test can partition the nodes and slow their links.
+//!
+//! A [`Fault`] is injected, held for a while, and undone; every step is
+//! written to the [`FaultLog`] with its time, so a failing run says what
+//! the cluster went through. [`ChaosCluster::heal`] undoes everything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use agora_proto::admin::Member;
+use anyhow::Context as _;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom as _;
+use rand::Rng as _;
+
+use crate::proxy::RaftNetwork;
+use crate::{TestCluster, TestOptions};
+
+/// Longest a status call of the nemesis waits: a paused node never answers,
+/// and the nemesis must not stall behind it.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// One kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum FaultKind {
+    /// SIGKILL a random node, restart it after the hold.
+    KillNode,
+    /// SIGKILL the leader, restart it after the hold.
+    KillLeader,
+    /// SIGSTOP a random node, SIGCONT after the hold.
+    PauseNode,
+    /// SIGSTOP the leader (it comes back stale), SIGCONT after the hold.
+    PauseLeader,
+    /// Cut the leader off from every other node, both ways.
+    IsolateLeader,
+    /// Split the nodes into two random sides (a majority and a minority).
+    Partition,
+    /// Cut one random directed link only (asymmetric: replies still flow
+    /// the other way on connections opened by the other side).
+    OneWayCut,
+    /// Add latency (50-400 ms each way) to every link of a random node.
+    SlowNode,
+}
+
+impl FaultKind {
+    /// Every kind, for the soak.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::KillNode,
+        FaultKind::KillLeader,
+        FaultKind::PauseNode,
+        FaultKind::PauseLeader,
+        FaultKind::IsolateLeader,
+        FaultKind::Partition,
+        FaultKind::OneWayCut,
+        FaultKind::SlowNode,
+    ];
+}
+
+/// A fault in force, and how to undo it.
+#[derive(Debug, Clone)]
+enum Active {
+    Killed(u64),
+    Paused(u64),
+    Network,
+}
+
+/// What happened when, for the report and a failure's explanation.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct FaultLog {
+    /// `(milliseconds since the start, what happened)`.
+    pub events: Vec<(u64, String)>,
+    /// Faults injected by kind.
+    pub injected: BTreeMap<String, u64>,
+}
+
+impl FaultLog {
+    /// Faults injected in all.
+    #[must_use]
+    pub fn total(&self) -> u64 {
+        self.injected.values().sum()
+    }
+}
+
+/// A [`TestCluster`] whose Raft links go through fault-injecting proxies.
+pub struct ChaosCluster {
+    /// The cluster (kill, restart, status, clients).
+    pub cluster: TestCluster,
+    /// The links between the nodes.
+    pub network: RaftNetwork,
+    /// Nodes stopped by SIGSTOP now.
+    paused: BTreeSet<u64>,
+    /// What was done so far.
+    pub log: FaultLog,
+    started: Instant,
+}
+
+impl ChaosCluster {
+    /// Starts `n` nodes (each opening Raft connections from its own
+    /// loopback address), a proxy in front of each, and initializes them
+    /// as one cluster whose membership names the proxies; waits for a
+    /// leader.
+    ///
+    /// # Errors
+    /// As [`TestCluster::start`].
+    pub async fn start(n: u64, mut options: TestOptions) -> anyhow::Result<Self> {
+        options.raft_source_ips = true;
+        let cluster = TestCluster::launch(n, options).await?;
+        let mut upstreams = BTreeMap::new();
+        for id in cluster.node_ids() {
+            upstreams.insert(id, cluster.node(id)?.raft_addr.clone());
+        }
+        let network = RaftNetwork::start(&upstreams).await?;
+        let mut members = Vec::new();
+        for id in cluster.node_ids() {
+            let proxy = network
+                .proxy_addr(id)
+                .with_context(|| format!("no proxy for node {id}"))?;
+            members.push(Member {
+                id,
+                api_addr: cluster.node(id)?.api_addr.clone(),
+                raft_addr: proxy.to_string(),
+                voter: true,
+            });
+        }
+        cluster.initialize(1, members).await?;
+        cluster.wait_for_leader(None).await?;
+        Ok(Self {
+            cluster,
+            network,
+            paused: BTreeSet::new(),
+            log: FaultLog::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn note(&mut self, what: String) {
+        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        eprintln!("nemesis +{:.1}s: {what}", at as f64 / 1000.0);
+        self.log.events.push((at, what));
+    }
+
+    /// The node that says it leads with the newest term, asking only
+    /// running nodes that are not paused, each briefly.
+    pub async fn leader(&self) -> Option<u64> {
+        let ids: Vec<u64> = self
+            .cluster
+            .running_node_ids()
+            .into_iter()
+            .filter(|id| !self.paused.contains(id))
+            .collect();
+        let calls = ids
+            .iter()
+            .map(|id| tokio::time::timeout(STATUS_TIMEOUT, self.cluster.status(*id)));
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|reply| reply.ok().and_then(Result::ok))
+            .filter(|status| status.role == "leader")
+            .max_by_key(|status| status.term)
+            .map(|status| status.id)
+    }
+
+    /// Nodes that are running and not paused: fault targets.
+    fn healthy(&self) -> Vec<u64> {
+        self.cluster
+            .running_node_ids()
+            .into_iter()
+            .filter(|id| !self.paused.contains(id))
+            .collect()
+    }
+
+    /// SIGSTOP node `id`.
+    ///
+    /// # Errors
+    /// When the node is not running or the signal fails.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        signal(&self.cluster, id, Signal::SIGSTOP)?;
+        self.paused.insert(id);
+        self.note(format!("paused node {id} (SIGSTOP)"));
+        Ok(())
+    }
+
+    /// SIGCONT node `id`.
+    ///
+    /// # Errors
+    /// When the signal fails.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.paused.remove(&id) && self.cluster.is_running(id) {
+            signal(&self.cluster, id, Signal::SIGCONT)?;
+            self.note(format!("resumed node {id} (SIGCONT)"));
+        }
+        Ok(())
+    }
+
+    /// Injects one fault of `kind` (choosing its target with `rng`);
+    /// returns what must be undone, or `None` when no target fits now
+    /// (e.g. no leader to kill).
+    async fn inject(
+        &mut self,
+        kind: FaultKind,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<Option<Active>> {
+        let healthy = self.healthy();
+        let nodes = self.cluster.node_ids();
+        // Never take down a majority by crashes and pauses at once.
+        let down = nodes.len() - healthy.len();
+        let may_stop = down + 1 <= (nodes.len() - 1) / 2;
+        let random = healthy.choose(rng).copied();
+        let active = match kind {
+            FaultKind::KillNode
+            | FaultKind::KillLeader
+            | FaultKind::PauseNode
+            | FaultKind::PauseLeader
+                if !may_stop =>
+            {
+                None
+            }
+            FaultKind::KillNode | FaultKind::KillLeader => {
+                let target = if kind == FaultKind::KillLeader {
+                    self.leader().await
+                } else {
+                    random
+                };
+                match target {
+                    Some(id) => {
+                        self.cluster.kill(id)?;
+                        self.note(format!("{kind:?}: killed node {id} (SIGKILL)"));
+                        Some(Active::Killed(id))
+                    }
+                    None => None,
+                }
+            }
+            FaultKind::PauseNode | FaultKind::PauseLeader => {
+                let target = if kind == FaultKind::PauseLeader {
+                    self.leader().await
+                } else {
+                    random
+                };
+                match target {
+                    Some(id) => {
+                        self.pause(id)?;
+                        Some(Active::Paused(id))
+                    }
+                    None => None,
+                }
+            }
+            FaultKind::IsolateLeader => match self.leader().await {
+                Some(leader) => {
+                    let rest: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
+                    self.network.partition(&[vec![leader], rest]);
+                    self.note(format!("{kind:?}: cut node {leader} off from the others"));
+                    Some(Active::Network)
+                }
+                None => None,
+            },
+            FaultKind::Partition => {
+                let mut shuffled = nodes.clone();
+                shuffled.shuffle(rng);
+                let minority = rng.gen_range(1..=(nodes.len() - 1) / 2);
+                let (small, big) = shuffled.split_at(minority);
+                self.network.partition(&[small.to_vec(), big.to_vec()]);
+                self.note(format!("{kind:?}: partitioned {small:?} | {big:?}"));
+                Some(Active::Network)
+            }
+            FaultKind::OneWayCut => {
+                let mut pair = nodes.clone();
+                pair.shuffle(rng);
+                let link = (pair[0], pair[1]);
+                self.network.cut(&[link]);
+                self.note(format!(
+                    "{kind:?}: cut connections from node {} to node {}",
+                    link.0, link.1
+                ));
+                Some(Active::Network)
+            }
+            FaultKind::SlowNode => {
+                let target = *nodes.choose(rng).context("no nodes")?;
+                let delay = Duration::from_millis(rng.gen_range(50..=400));
+                for other in nodes.iter().filter(|id| **id != target) {
+                    self.network.slow((target, *other), delay);
+                    self.network.slow((*other, target), delay);
+                }
+                self.note(format!(
+                    "{kind:?}: {} ms added each way on every link of node {target}",
+                    delay.as_millis()
+                ));
+                Some(Active::Network)
+            }
+        };
+        if active.is_some() {
+            *self.log.injected.entry(format!("{kind:?}")).or_default() += 1;
+        }
+        Ok(active)
+    }
+
+    /// Undoes one fault.
+    async fn undo(&mut self, active: Active) -> anyhow::Result<()> {
+        match active {
+            Active::Killed(id) => {
+                self.cluster.restart(id).await?;
+                self.note(format!("restarted node {id}"));
+            }
+            Active::Paused(id) => self.resume(id)?,
+            Active::Network => {
+                self.network.heal();
+                self.note("healed the network".to_owned());
+            }
+        }
+        Ok(())
+    }
+
+    /// Injects `kind`, holds it for `hold`, undoes it. Returns whether a
+    /// fault was injected (there may be no target, e.g. no leader).
+    ///
+    /// # Errors
+    /// When a signal, a kill or a restart fails.
+    pub async fn fault(
+        &mut self,
+        kind: FaultKind,
+        hold: Duration,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<bool> {
+        let Some(active) = self.inject(kind, rng).await? else {
+            self.note(format!("{kind:?}: no target now, skipped"));
+            return Ok(false);
+        };
+        tokio::time::sleep(hold).await;
+        self.undo(active).await?;
+        Ok(true)
+    }
+
+    /// Random faults of `kinds` until `until`: each held 1-6 s, with 1-4 s
+    /// of calm between them.
+    ///
+    /// # Errors
+    /// When a fault cannot be injected or undone.
+    pub async fn rampage(
+        &mut self,
+        kinds: &[FaultKind],
+        until: Instant,
+        rng: &mut StdRng,
+    ) -> anyhow::Result<()> {
+        while Instant::now() < until {
+            let kind = *kinds.choose(rng).context("no fault kinds")?;
+            let hold = Duration::from_millis(rng.gen_range(1000..=6000));
+            self.fault(kind, hold, rng).await?;
+            let calm = Duration::from_millis(rng.gen_range(1000..=4000));
+            tokio::time::sleep(calm.min(until.saturating_duration_since(Instant::now()))).await;
+        }
+        Ok(())
+    }
+
+    /// Undoes every fault: resumes paused nodes, heals the network,
+    /// restarts dead nodes, and waits for a leader every node agrees on.
+    ///
+    /// # Errors
+    /// When a node does not come back or no leader emerges in time.
+    pub async fn heal(&mut self) -> anyhow::Result<u64> {
+        for id in self.paused.clone() {
+            self.resume(id)?;
+        }
+        self.network.heal();
+        for id in self.cluster.node_ids() {
+            if !self.cluster.is_running(id) {
+                self.cluster.restart(id).await?;
+                self.note(format!("restarted node {id} while healing"));
+            }
+        }
+        let leader = self.cluster.wait_for_leader(None).await?;
+        self.note(format!("healed; node {leader} leads"));
+        Ok(leader)
+    }
+}
+
+/// Sends `signal` to node `id`'s process.
+fn signal(cluster: &TestCluster, id: u64, signal: Signal) -> anyhow::Result<()> {
+    anyhow::ensure!(cluster.is_running(id), "node {id} is not running");
+    let pid = cluster.node(id)?.pid;
+    let raw = i32::try_from(pid).context("process id out of range")?;
+    kill(Pid::from_raw(raw), signal)
+        .with_context(|| format!("could not send {signal:?} to node {id}"))?;
+    Ok(())
+}
