@@ -317,7 +317,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(start_kind(dir.path()).expect("reads"), StartKind::First);
         std::fs::write(dir.path().join("raft-log.db"), b"").expect("writes");
-        assert_eq!(start_kind(dir.path()).expect("reads"), StartKind::AfterCrash);
+        assert_eq!(
+            start_kind(dir.path()).expect("reads"),
+            StartKind::AfterCrash
+        );
         mark_clean_shutdown(dir.path()).expect("marks");
         assert_eq!(
             start_kind(dir.path()).expect("reads"),
@@ -325,7 +328,10 @@ mod tests {
         );
         // The marker is consumed: the next start without a clean stop is a
         // crash again.
-        assert_eq!(start_kind(dir.path()).expect("reads"), StartKind::AfterCrash);
+        assert_eq!(
+            start_kind(dir.path()).expect("reads"),
+            StartKind::AfterCrash
+        );
     }
 
     #[test]

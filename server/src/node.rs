@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::activity::{LastLogins, RequestRate};
 use crate::auth::Authenticator;
-use crate::events::EventSink;
 use crate::error::{ReadError, WriteError};
+use crate::events::EventSink;
 use crate::raft::command::{Answer, Command, Outcome, Proposal};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{decode, encode, PeerChannels};

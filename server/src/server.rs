@@ -293,7 +293,12 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(
         STOP_EVENT_WAIT,
-        crate::events::record(&node, &format!("stop:{}", config.id), crate::auth::now_ms(), stopping),
+        crate::events::record(
+            &node,
+            &format!("stop:{}", config.id),
+            crate::auth::now_ms(),
+            stopping,
+        ),
     )
     .await;
     let _ = stop_tx.send(true);

@@ -31,8 +31,8 @@ use agora_proto::auth::canonical_username;
 use crate::auth::Session;
 use crate::domain::catalogue;
 use crate::domain::settings::{self, SettingChange};
-use crate::events::EventKind;
 use crate::error::WriteError;
+use crate::events::EventKind;
 use crate::node::Node;
 use crate::node::{Applied, Freshness};
 use crate::raft::command::{Op, Outcome, Proposal, RequestKey};
@@ -964,7 +964,10 @@ impl AdminService for AdminApi {
                 self.node.events.note(
                     EventKind::UserDeleted,
                     0,
-                    format!("account {username} (id {user_id}) was deleted by {}", who(session.as_ref())),
+                    format!(
+                        "account {username} (id {user_id}) was deleted by {}",
+                        who(session.as_ref())
+                    ),
                 );
                 Ok(Response::new(DeleteUserReply {
                     user_id,
@@ -1046,10 +1049,7 @@ impl AdminService for AdminApi {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| {
-            Status::failed_precondition(format!(
-                "cannot read the log file {}: {e}",
-                path.display()
-            ))
+            Status::failed_precondition(format!("cannot read the log file {}: {e}", path.display()))
         })?;
         Ok(Response::new(LogTailReply {
             node_id: self.node.id,
