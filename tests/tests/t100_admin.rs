@@ -21,6 +21,7 @@ use agora_proto::admin::{
 use agora_tests::{binary, peer_client, wait_for, MarketUser, Probe, TestCluster, TestOptions};
 use anyhow::Context as _;
 use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
 use tonic::Code;
 
 /// Password of every account the test makes.
@@ -273,6 +274,28 @@ async fn the_admin_console_sees_and_steers_the_cluster() -> anyhow::Result<()> {
         .into_iter()
         .find(|id| *id != leader)
         .context("a follower")?;
+    // Follow the event log from here on, as an operator would.
+    let last_id = admin.json(&["events", "--last", "1"]).await?["last_id"]
+        .as_u64()
+        .unwrap_or(0);
+    let mut follow = tokio::process::Command::new(binary("agora-admin")?)
+        .arg("--cluster")
+        .arg(&admin.cluster_file)
+        .arg("--data-dir")
+        .arg(&admin.home)
+        .args([
+            "--json",
+            "events",
+            "--follow",
+            "--since",
+            &last_id.to_string(),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("could not start agora-admin events --follow")?;
+    let mut followed = tokio::io::BufReader::new(follow.stdout.take().context("stdout")?).lines();
     cluster.kill(victim)?;
     admin
         .wait_status("the killed follower shown unreachable", |s, nodes| {
@@ -296,6 +319,21 @@ async fn the_admin_console_sees_and_steers_the_cluster() -> anyhow::Result<()> {
     );
     let event = admin.wait_event("node_unreachable", victim).await?;
     assert_ne!(event["node_id"], victim, "recorded by the leader: {event}");
+    // `--follow` printed it too, as one JSON object per line.
+    let seen = tokio::time::timeout(NOTICE, async {
+        while let Some(line) = followed.next_line().await? {
+            let event: Value =
+                serde_json::from_str(&line).with_context(|| format!("--follow printed {line}"))?;
+            if event["kind"] == "node_unreachable" && event["subject_node_id"] == victim {
+                return anyhow::Ok(true);
+            }
+        }
+        anyhow::Ok(false)
+    })
+    .await
+    .context("events --follow did not print the event in time")??;
+    assert!(seen, "events --follow ended without the event");
+    follow.kill().await?;
     step("the killed follower is unreachable and the leader recorded it");
 
     // --- Restart it: the crash is recorded, and it catches up.
