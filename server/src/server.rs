@@ -175,8 +175,8 @@ pub async fn run(
         log.clone(),
         peers,
         addr.clone(),
-        events.clone(),
         NodeLocal {
+            events: events.clone(),
             data_dir: config.data_dir.clone(),
             log_file: config.log_file.clone(),
             requests: requests.clone(),
@@ -295,7 +295,12 @@ pub async fn run(
     };
     let _ = tokio::time::timeout(
         STOP_EVENT_WAIT,
-        crate::events::record(&node, &format!("stop:{}", config.id), crate::auth::now_ms(), stopping),
+        crate::events::record(
+            &node,
+            &format!("stop:{}", config.id),
+            crate::auth::now_ms(),
+            stopping,
+        ),
     )
     .await;
     let _ = stop_tx.send(true);

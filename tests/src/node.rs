@@ -126,6 +126,10 @@ impl NodeProcess {
             .arg(&self.files.cert)
             .arg("--key")
             .arg(&self.files.key)
+            // Its output goes to this file (below); the node serves its
+            // tail to `agora-admin log`.
+            .arg("--log-file")
+            .arg(&self.files.log)
             .args(&settings.args)
             .args(if settings.raft_source_ips {
                 vec![

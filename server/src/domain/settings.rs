@@ -50,9 +50,10 @@ pub fn parse_change(
     limits: Limits,
 ) -> Result<SettingChange, String> {
     let number = || -> Result<u64, String> {
-        value.trim().parse::<u64>().map_err(|_| {
-            format!("{name} takes a whole number (digits only); {value:?} is not one")
-        })
+        value
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{name} takes a whole number (digits only); {value:?} is not one"))
     };
     let small = |max: u32| -> Result<u32, String> {
         let n = number()?;
@@ -192,8 +193,7 @@ mod tests {
 
     #[test]
     fn bad_values_say_what_is_allowed() {
-        assert!(parse("commission_bps", "10001")
-            .is_err_and(|e| e.contains("at most 10000")));
+        assert!(parse("commission_bps", "10001").is_err_and(|e| e.contains("at most 10000")));
         assert!(parse("commission_bps", "-1").is_err_and(|e| e.contains("whole number")));
         assert!(parse("hold_ttl_ms", "86400001").is_err_and(|e| e.contains("24 hours")));
         assert!(parse("argon2_iterations", "0").is_err_and(|e| e.contains("1 to 64")));

@@ -31,8 +31,8 @@ use agora_proto::auth::canonical_username;
 use crate::auth::Session;
 use crate::domain::catalogue;
 use crate::domain::settings::{self, SettingChange};
-use crate::events::EventKind;
 use crate::error::WriteError;
+use crate::events::EventKind;
 use crate::node::Node;
 use crate::node::{Applied, Freshness};
 use crate::raft::command::{Op, Outcome, Proposal, RequestKey};
@@ -573,7 +573,7 @@ impl AdminService for AdminApi {
         if !report.problems.is_empty() {
             tracing::error!(problems = ?report.problems, "ledger audit failed");
             metrics::counter!("agora_audit_failures_total").increment(1);
-            self.node.events.note(
+            self.node.local.events.note(
                 EventKind::AuditFailed,
                 self.node.id,
                 format!(
@@ -727,7 +727,7 @@ impl AdminService for AdminApi {
             )
             .await
             .map_err(|_| not_caught_up())?;
-        node.events.note(
+        node.local.events.note(
             EventKind::LearnerAdded,
             id,
             format!("node {id} joined as a learner and caught up"),
@@ -759,7 +759,7 @@ impl AdminService for AdminApi {
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match node.raft.change_membership(change, false).await {
             Ok(response) => {
-                node.events.note(
+                node.local.events.note(
                     EventKind::VoterPromoted,
                     id,
                     format!("node {id} was promoted to voter"),
@@ -817,7 +817,7 @@ impl AdminService for AdminApi {
         };
         match node.raft.change_membership(change, false).await {
             Ok(response) => {
-                node.events.note(
+                node.local.events.note(
                     EventKind::NodeRemoved,
                     req.id,
                     format!("node {} was removed from the cluster", req.id),
@@ -976,10 +976,13 @@ impl AdminService for AdminApi {
         let applied = self.write(key, Op::DeleteUser { user_id }).await?;
         match applied.outcome {
             Outcome::UserDeleted { user_id, username } => {
-                self.node.events.note(
+                self.node.local.events.note(
                     EventKind::UserDeleted,
                     0,
-                    format!("account {username} (id {user_id}) was deleted by {}", who(session.as_ref())),
+                    format!(
+                        "account {username} (id {user_id}) was deleted by {}",
+                        who(session.as_ref())
+                    ),
                 );
                 Ok(Response::new(DeleteUserReply {
                     user_id,
@@ -1029,7 +1032,7 @@ impl AdminService for AdminApi {
             SettingChange::Ksf(ksf) => Op::SetKsf { ksf },
         };
         let applied = self.write(key, op).await?;
-        self.node.events.note(
+        self.node.local.events.note(
             EventKind::SettingChanged,
             0,
             format!(
@@ -1061,10 +1064,7 @@ impl AdminService for AdminApi {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(|e| {
-            Status::failed_precondition(format!(
-                "cannot read the log file {}: {e}",
-                path.display()
-            ))
+            Status::failed_precondition(format!("cannot read the log file {}: {e}", path.display()))
         })?;
         Ok(Response::new(LogTailReply {
             node_id: self.node.id,

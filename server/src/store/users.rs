@@ -245,9 +245,7 @@ pub async fn ksf_of(
             .bind(username)
             .fetch_optional(conn)
             .await?;
-    Ok(value
-        .flatten()
-        .and_then(|v| serde_json::from_str(&v).ok()))
+    Ok(value.flatten().and_then(|v| serde_json::from_str(&v).ok()))
 }
 
 #[cfg(test)]
@@ -270,7 +268,13 @@ mod tests {
             live_purchases: 4,
         };
         let blocker = ties.delete_blocker("ann", false).expect("blocked");
-        for part in ["balance is 1.50", "1 open hold", "2 sale", "3 active", "4 purchase"] {
+        for part in [
+            "balance is 1.50",
+            "1 open hold",
+            "2 sale",
+            "3 active",
+            "4 purchase",
+        ] {
             assert!(blocker.contains(part), "{blocker} lacks {part}");
         }
     }
