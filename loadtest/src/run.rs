@@ -23,6 +23,9 @@ use crate::stats::{longest_write_gap, Op, Recorder};
 
 /// How long after a crash the failover gap is looked for.
 const GAP_WINDOW: Duration = Duration::from_secs(30);
+/// How long after a crashed node is back (or writes resume) latency is
+/// still counted as the crash's rather than the steady state's.
+const CRASH_SETTLE: Duration = Duration::from_secs(5);
 /// How long in-flight operations get to finish after the run's end.
 const DRAIN: Duration = Duration::from_secs(60);
 /// The client library's retries for a load test: long enough to ride out
@@ -308,6 +311,9 @@ pub struct Report {
     pub failover_gap_ms: Option<u64>,
     /// The longest time without a finished write anywhere in the run, ms.
     pub longest_write_gap_ms: u64,
+    /// Latency of every operation outside the crash windows (from each
+    /// crash to 5 s after its node is back, or after writes resumed).
+    pub latency_outside_crashes_ms: crate::latency::Percentiles,
     /// The closing audit.
     pub audit: Audit,
     /// Per second.
@@ -505,6 +511,17 @@ async fn drive(
         crash.gap_ms = Some(longest_write_gap(&summary.write_done_ms, crash.at_ms, to));
     }
     let failover_gap_ms = crashes.iter().filter_map(|c| c.gap_ms).max();
+    let windows: Vec<(u64, u64)> = crashes
+        .iter()
+        .map(|c| {
+            let back = c
+                .restarted_at_ms
+                .unwrap_or(c.at_ms + c.gap_ms.unwrap_or(0))
+                .max(c.at_ms + c.gap_ms.unwrap_or(0));
+            (c.at_ms / 1000, (back + ms(CRASH_SETTLE)) / 1000)
+        })
+        .collect();
+    let latency_outside_crashes_ms = recorder.latency_outside(&windows);
     let longest_write_gap_ms = longest_write_gap(&summary.write_done_ms, 0, run_ms);
     let retried_away: BTreeMap<String, u64> = {
         let mut all = BTreeMap::new();
@@ -530,6 +547,7 @@ async fn drive(
         crashes,
         failover_gap_ms,
         longest_write_gap_ms,
+        latency_outside_crashes_ms,
         audit,
         per_second: summary.per_second,
     };
