@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Simulated users against a real cluster (or one it spawns), faults
     /// on a schedule, a report and a closing audit.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Replicated write throughput and latency (the core's raw write path).
     Writes(writes::WritesArgs),
     /// OPAQUE logins per second served by the cluster.
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Writes(args) => writes::run(args).await,
             Command::Logins(args) => logins::run(args).await,
             Command::Ledger(args) => ledger::run(args).await,
