@@ -327,7 +327,7 @@ impl EtcdCluster {
             .collect();
         let mut cluster = Self {
             members: Vec::new(),
-            dir: dir,
+            dir,
         };
         for (i, (client, peer)) in ports.iter().enumerate() {
             let data = cluster.dir.path().join(format!("e{i}"));

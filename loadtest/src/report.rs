@@ -38,7 +38,10 @@ pub fn print(report: &Report) {
         s.accounts,
         s.sellers,
         match s.rate {
-            Some(rate) => format!("open loop at {rate} requests/s"),
+            Some(rate) => match s.rate_to {
+                Some(to) => format!("open loop ramping from {rate} to {to} requests/s"),
+                None => format!("open loop at {rate} requests/s"),
+            },
             None => format!("closed loop, think {} ms", s.think_ms),
         },
         report.seconds,
@@ -104,6 +107,12 @@ pub fn print(report: &Report) {
         "longest time without a finished write: {} ms",
         report.longest_write_gap_ms
     );
+    if let Some(p) = &report.peak {
+        println!(
+            "peak held: {:.0} ops/s for {} s from {} s with every second's p99 under {} ms",
+            p.ops_per_sec, p.window_s, p.from_s, p.p99_under_ms
+        );
+    }
     if !report.crashes.is_empty() {
         let l = &report.latency_outside_crashes_ms;
         println!(
