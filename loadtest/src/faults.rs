@@ -95,6 +95,13 @@ impl Faults {
                         Err(e) => crash.error = Some(format!("restart failed: {e:#}")),
                     }
                 }
+                if spawned.is_none() && crash.error.is_none() {
+                    eprintln!(
+                        "node {} aborted; start it again (the closing audit waits up to {} s for every node)",
+                        crash.node,
+                        crate::audit::CONVERGE.as_secs()
+                    );
+                }
                 eprintln!(
                     "fault: node {} {} at {:.1} s{}",
                     crash.node,

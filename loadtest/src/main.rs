@@ -5,6 +5,7 @@ mod audit;
 mod buying;
 mod catalogue;
 mod cluster;
+mod compare;
 mod faults;
 mod latency;
 mod ledger;
@@ -32,7 +33,10 @@ struct Cli {
 enum Command {
     /// Simulated users against a real cluster (or one it spawns), faults
     /// on a schedule, a report and a closing audit.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
+    /// The same replicated writes against Agora and a local 3-node etcd,
+    /// one after the other, and the ratio.
+    CompareEtcd(compare::CompareArgs),
     /// Replicated write throughput and latency (the core's raw write path).
     Writes(writes::WritesArgs),
     /// OPAQUE logins per second served by the cluster.
@@ -59,7 +63,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
+            Command::CompareEtcd(args) => compare::run(args).await,
             Command::Writes(args) => writes::run(args).await,
             Command::Logins(args) => logins::run(args).await,
             Command::Ledger(args) => ledger::run(args).await,

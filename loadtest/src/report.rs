@@ -38,7 +38,10 @@ pub fn print(report: &Report) {
         s.accounts,
         s.sellers,
         match s.rate {
-            Some(rate) => format!("open loop at {rate} requests/s"),
+            Some(rate) => match s.rate_to {
+                Some(to) => format!("open loop ramping from {rate} to {to} requests/s"),
+                None => format!("open loop at {rate} requests/s"),
+            },
             None => format!("closed loop, think {} ms", s.think_ms),
         },
         report.seconds,
@@ -104,6 +107,19 @@ pub fn print(report: &Report) {
         "longest time without a finished write: {} ms",
         report.longest_write_gap_ms
     );
+    if let Some(p) = &report.peak {
+        println!(
+            "peak held: {:.0} ops/s for {} s from {} s with every second's p99 under {} ms",
+            p.ops_per_sec, p.window_s, p.from_s, p.p99_under_ms
+        );
+    }
+    if !report.crashes.is_empty() {
+        let l = &report.latency_outside_crashes_ms;
+        println!(
+            "latency outside the crash windows: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms",
+            l.p50, l.p99, l.p999, l.max
+        );
+    }
     let a = &report.audit;
     println!(
         "audit: {} -- ledger {}, state digests {} (index {}), {} of {} acknowledged purchases settled exactly once",
@@ -142,10 +158,16 @@ pub fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
             .filter(|s| s.ok > 0)
             .map(|s| (s.t as f64, s.p99_ms))
             .collect();
-        let crashes: Vec<f64> = report
+        let crashes: Vec<(f64, String)> = report
             .crashes
             .iter()
-            .map(|c| c.at_ms as f64 / 1000.0)
+            .map(|c| {
+                let what = if c.was_leader { "leader" } else { "node" };
+                (
+                    c.at_ms as f64 / 1000.0,
+                    format!(" {what} {} killed", c.node),
+                )
+            })
             .collect();
         for (area, series, caption, unit) in [
             (
@@ -169,8 +191,13 @@ pub fn plot(report: &Report, path: &Path) -> anyhow::Result<()> {
                 .y_desc(unit)
                 .draw()?;
             chart.draw_series(LineSeries::new(series.iter().copied(), &BLUE))?;
-            for at in &crashes {
+            for (at, label) in &crashes {
                 chart.draw_series(LineSeries::new([(*at, 0.0), (*at, max)], &RED))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    label.clone(),
+                    (*at, max * 0.95),
+                    ("sans-serif", 14).into_font().color(&RED),
+                )))?;
             }
         }
         root.present()?;

@@ -194,6 +194,25 @@ impl Recorder {
         (ok, failed, p99)
     }
 
+    /// Latency of every success that finished outside the given windows
+    /// (whole seconds since the start, inclusive), from the per-second
+    /// histograms (2 significant digits).
+    #[must_use]
+    pub fn latency_outside(&self, windows: &[(u64, u64)]) -> Percentiles {
+        let inner = self.lock();
+        let mut all = second_histogram();
+        for (t, second) in inner.seconds.iter().enumerate() {
+            let t = t as u64;
+            if windows.iter().any(|(from, to)| (*from..=*to).contains(&t)) {
+                continue;
+            }
+            for h in &second.latency {
+                let _ = all.add(h);
+            }
+        }
+        Percentiles::of(&all)
+    }
+
     /// Everything recorded, summarized, for a run of `seconds`.
     #[must_use]
     pub fn summary(&self, seconds: f64) -> Summary {
