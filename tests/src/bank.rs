@@ -300,7 +300,7 @@ impl Bank {
                 &seller.store,
                 &NewListing {
                     path: file.clone(),
-                    chunk_size: 1024,
+                    chunk_size: 4096,
                     fields: ListingFields {
                         title: format!("bank listing {n}"),
                         ..ListingFields::default()
@@ -377,12 +377,9 @@ impl Bank {
     ) -> anyhow::Result<FinalState> {
         let mut buyers = BTreeMap::new();
         for buyer in &self.buyers {
-            buyers.insert(
-                buyer.id,
-                account_record(&self.admin, buyer, PurchaseRole::Buyer).await?,
-            );
+            buyers.insert(buyer.id, account_record(buyer, PurchaseRole::Buyer).await?);
         }
-        let seller = account_record(&self.admin, &self.seller, PurchaseRole::Seller).await?;
+        let seller = account_record(&self.seller, PurchaseRole::Seller).await?;
         Ok(FinalState {
             buyers,
             seller,
@@ -405,19 +402,14 @@ impl Bank {
     }
 }
 
-/// One account's end state, read linearizably by the operator (journal)
-/// and the user (purchases).
-async fn account_record(
-    admin: &ClusterClient,
-    user: &MarketUser,
-    role: PurchaseRole,
-) -> anyhow::Result<AccountRecord> {
+/// One account's end state, read linearizably by its user.
+async fn account_record(user: &MarketUser, role: PurchaseRole) -> anyhow::Result<AccountRecord> {
     let consistency = Some(ReadConsistency {
         min_index: 0,
         linearizable: true,
     });
-    let balance = ledger::balance(admin, user.id, consistency).await?.balance;
-    let journal = ledger::all_cash_flows(admin, user.id, &[], consistency)
+    let balance = ledger::balance(&user.client, 0, consistency).await?.balance;
+    let journal = ledger::all_cash_flows(&user.client, 0, &[], consistency)
         .await?
         .into_iter()
         .map(|flow| Entry {
