@@ -653,7 +653,6 @@ impl Worker {
             },
             String::new(),
             |node| {
-                let request = request.clone();
                 let client = client.clone();
                 async move {
                     attempt(async move {
@@ -1152,12 +1151,7 @@ fn balance_effect(op: &Op) -> Option<(i128, bool)> {
 
 /// Applies one operation to the set of possible balances; `None` once the
 /// set grows beyond [`MAX_POSSIBLE_BALANCES`].
-fn step(
-    possible: Option<BTreeSet<i128>>,
-    op: &Op,
-    prices: &BTreeMap<u64, u64>,
-) -> Option<BTreeSet<i128>> {
-    let possible = possible?;
+fn step(possible: BTreeSet<i128>, op: &Op, prices: &BTreeMap<u64, u64>) -> Option<BTreeSet<i128>> {
     let effect = match op.kind {
         OpKind::Complete { purchase } => match (op.outcome.clone(), prices.get(&purchase)) {
             (Outcome::Failed(_), _) => None,
@@ -1192,7 +1186,7 @@ fn possible_balances(ops: &[&Op]) -> Option<BTreeSet<i128>> {
     ordered.sort_by_key(|op| op.seq);
     ordered
         .into_iter()
-        .fold(Some(BTreeSet::from([0])), |possible, op| {
+        .try_fold(BTreeSet::from([0]), |possible, op| {
             step(possible, op, &prices)
         })
 }
@@ -1227,7 +1221,7 @@ fn check_reads(buyer: u64, ops: &[&Op]) -> Vec<String> {
                 }
             }
         }
-        possible = step(possible, op, &prices);
+        possible = possible.and_then(|set| step(set, op, &prices));
     }
     anomalies
 }
@@ -1349,7 +1343,7 @@ mod tests {
         );
 
         // Money lost, and diverged nodes.
-        let mut lost = end.clone();
+        let mut lost = end;
         lost.user_money -= 1;
         lost.balance_sum = -1;
         lost.digests.insert(3, "b".into());

@@ -213,7 +213,7 @@ impl ChaosCluster {
         let nodes = self.cluster.node_ids();
         // Never take down a majority by crashes and pauses at once.
         let down = nodes.len() - healthy.len();
-        let may_stop = down + 1 <= (nodes.len() - 1) / 2;
+        let may_stop = down < (nodes.len() - 1) / 2;
         let random = healthy.choose(rng).copied();
         let active = match kind {
             FaultKind::KillNode

@@ -32,6 +32,10 @@
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
+// Amounts are written as cents with the decimal point as an underscore
+// (`100_00` is 100.00).
+#![allow(clippy::inconsistent_digit_grouping)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
