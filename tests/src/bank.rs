@@ -53,6 +53,14 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest an operation keeps retrying (same request id) before its
 /// outcome is unknown.
 const OPERATION_BUDGET: Duration = Duration::from_secs(12);
+/// One operation in this many is impatient: one attempt, given up after
+/// [`IMPATIENCE`], so that outcomes are unknown while the write may still
+/// land (what a client that times out sees).
+const IMPATIENT_ONE_IN: u32 = 10;
+/// Longest an impatient operation waits (a random time up to this, in
+/// ms; a write takes about 5-50 ms on a busy loopback cluster, so many
+/// are given up while they are on their way).
+const IMPATIENCE_MS: u64 = 40;
 /// Pause between two attempts of an operation.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 /// Deposits are this many cents plus the operation's sequence number.
@@ -514,11 +522,26 @@ impl Worker {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let started_ms = self.ms();
         let deadline = Instant::now() + OPERATION_BUDGET;
+        let impatient = self.rng.gen_ratio(1, IMPATIENT_ONE_IN);
+        let patience = Duration::from_millis(self.rng.gen_range(1..=IMPATIENCE_MS));
         let mut nodes = Vec::new();
         let (outcome, answer) = loop {
             let node = self.node();
             nodes.push(node);
-            match call(node).await {
+            let attempt = if impatient {
+                match tokio::time::timeout(patience, call(node)).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => {
+                        break (
+                            Outcome::Unknown(format!("gave up after {patience:?}")),
+                            None,
+                        )
+                    }
+                }
+            } else {
+                call(node).await
+            };
+            match attempt {
                 Attempt::Done(answer) => break (Outcome::Ok, Some(answer)),
                 Attempt::Refused(status) => {
                     break (
@@ -527,7 +550,7 @@ impl Worker {
                     )
                 }
                 Attempt::Retry(why) => {
-                    if Instant::now() >= deadline {
+                    if impatient || Instant::now() >= deadline {
                         break (Outcome::Unknown(why), None);
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -1065,6 +1088,28 @@ pub fn check(history: &History, end: &FinalState) -> Vec<String> {
         }
         // Reads: the balances this buyer's history allows, op by op.
         anomalies.extend(check_reads(*buyer, &ops));
+        // And exactly the journal up to the index each read was answered
+        // at: a node's applied index names the state it read.
+        for op in &ops {
+            if let (OpKind::Read { .. }, Outcome::Ok, Some(balance)) =
+                (&op.kind, &op.outcome, op.value)
+            {
+                let prefix: i64 = record
+                    .journal
+                    .iter()
+                    .filter(|e| e.log_index <= op.index)
+                    .map(|e| e.amount)
+                    .sum();
+                if i128::from(prefix) != i128::from(balance) {
+                    anomalies.push(format!(
+                        "{who}: read {} on node {:?} at applied index {} saw balance {balance}, but the journal up to that index sums to {prefix}",
+                        op.seq,
+                        op.nodes.last(),
+                        op.index
+                    ));
+                }
+            }
+        }
         // The final balance too.
         let possible = possible_balances(&ops);
         if let Some(possible) = possible {
@@ -1245,12 +1290,12 @@ mod tests {
         }
     }
 
-    fn entry(kind: &str, amount: i64) -> Entry {
+    fn entry(kind: &str, amount: i64, log_index: u64) -> Entry {
         Entry {
             kind: kind.to_owned(),
             amount,
             hold_id: 0,
-            log_index: 1,
+            log_index,
         }
     }
 
@@ -1286,7 +1331,7 @@ mod tests {
                 10,
                 AccountRecord {
                     balance: 4997,
-                    journal: vec![entry("deposit", 5000), entry("withdrawal", -3)],
+                    journal: vec![entry("deposit", 5000, 1), entry("withdrawal", -3, 3)],
                     purchases: Vec::new(),
                 },
             )]),
@@ -1311,7 +1356,7 @@ mod tests {
         // An acknowledged deposit applied twice (and money out of nowhere).
         let mut twice = end.clone();
         let buyer = twice.buyers.get_mut(&10).expect("buyer");
-        buyer.journal.push(entry("deposit", 5000));
+        buyer.journal.push(entry("deposit", 5000, 1));
         buyer.balance += 5000;
         twice.user_money += 5000;
         let found = check(&history, &twice);
@@ -1324,7 +1369,7 @@ mod tests {
         // A refused withdrawal that was applied.
         let mut refused = end.clone();
         let buyer = refused.buyers.get_mut(&10).expect("buyer");
-        buyer.journal.push(entry("withdrawal", -9999));
+        buyer.journal.push(entry("withdrawal", -9999, 5));
         let found = check(&history, &refused);
         assert!(found.iter().any(|a| a.contains("op 4")), "{found:?}");
 
@@ -1386,7 +1431,7 @@ mod tests {
                 10,
                 AccountRecord {
                     balance: 4850,
-                    journal: vec![entry("deposit", 5000), paid.clone()],
+                    journal: vec![entry("deposit", 5000, 1), paid.clone()],
                     purchases: vec![
                         PurchaseRecord {
                             id: 7,
@@ -1407,7 +1452,7 @@ mod tests {
             )]),
             seller: AccountRecord {
                 balance: 149,
-                journal: vec![entry("sale", 149)],
+                journal: vec![entry("sale", 149, 3)],
                 purchases: vec![PurchaseRecord {
                     id: 7,
                     price: 150,
