@@ -49,11 +49,16 @@ pub enum FaultKind {
     OneWayCut,
     /// Add latency (50-400 ms each way) to every link of a random node.
     SlowNode,
+    /// SIGKILL a follower, tear the last record of its Raft log (truncate
+    /// `raft-log.db-wal` mid-frame, as a crash during a write would leave
+    /// it), restart it after the hold: it must recover (SQLite drops the
+    /// torn frame) and catch up, or refuse to start with a clear message.
+    TornLog,
 }
 
 impl FaultKind {
     /// Every kind, for the soak.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 9] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
@@ -62,6 +67,7 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::OneWayCut,
         FaultKind::SlowNode,
+        FaultKind::TornLog,
     ];
 }
 
@@ -253,6 +259,23 @@ impl ChaosCluster {
                     None => None,
                 }
             }
+            FaultKind::TornLog => {
+                let leader = self.leader().await;
+                let followers: Vec<u64> = healthy
+                    .iter()
+                    .copied()
+                    .filter(|id| Some(*id) != leader)
+                    .collect();
+                match followers.choose(rng).copied() {
+                    Some(id) => {
+                        self.cluster.kill(id)?;
+                        let torn = tear_log(&self.cluster, id, rng)?;
+                        self.note(format!("{kind:?}: killed node {id} (SIGKILL), {torn}"));
+                        Some(Active::Killed(id))
+                    }
+                    None => None,
+                }
+            }
             FaultKind::IsolateLeader => match self.leader().await {
                 Some(leader) => {
                     let rest: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
@@ -379,6 +402,36 @@ impl ChaosCluster {
         self.note(format!("healed; node {leader} leads"));
         Ok(leader)
     }
+}
+
+/// Largest tear of the log's last record, in bytes (a WAL frame is a
+/// 24-byte header and a 4 KiB page).
+const MAX_TEAR: u64 = 4096;
+
+/// Truncates node `id`'s `raft-log.db-wal` by 1..=[`MAX_TEAR`] bytes (never
+/// below its 32-byte header); says what it did.
+fn tear_log(cluster: &TestCluster, id: u64, rng: &mut StdRng) -> anyhow::Result<String> {
+    let wal = cluster.data_dir(id)?.join("raft-log.db-wal");
+    let len = match std::fs::metadata(&wal) {
+        Ok(meta) => meta.len(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok("its log has no WAL to tear".to_owned())
+        }
+        Err(err) => return Err(err).with_context(|| format!("could not stat {}", wal.display())),
+    };
+    if len <= 32 {
+        return Ok(format!("its log's WAL is empty ({len} bytes)"));
+    }
+    let tear = rng.gen_range(1..=MAX_TEAR.min(len - 32));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .with_context(|| format!("could not open {}", wal.display()))?;
+    file.set_len(len - tear)
+        .with_context(|| format!("could not truncate {}", wal.display()))?;
+    Ok(format!(
+        "tore {tear} bytes off its Raft log's WAL ({len} bytes)"
+    ))
 }
 
 /// Sends `signal` to node `id`'s process.

@@ -9,7 +9,8 @@
 //! digests, clean audit).
 //!
 //! - `bank_quick`: the CI run (about a minute of load and one fault of each
-//!   main kind, well under two minutes on a busy two-core machine).
+//!   main kind, then a torn Raft log on a follower; well under two minutes
+//!   on a busy two-core machine).
 //! - `bank_soak` (ignored): every fault kind at random for
 //!   `AGORA_BANK_MINUTES` (default 30) minutes:
 //!
@@ -226,6 +227,7 @@ async fn bank_quick() -> anyhow::Result<()> {
             FaultKind::PauseLeader,
             FaultKind::IsolateLeader,
             FaultKind::SlowNode,
+            FaultKind::TornLog,
         ]),
         QUICK_BUYERS,
         None,
