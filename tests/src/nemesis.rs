@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use agora_proto::admin::Member;
+use agora_proto::admin::{Member, TriggerSnapshotRequest};
 use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -28,6 +28,11 @@ use crate::{TestCluster, TestOptions};
 /// Longest a status call of the nemesis waits: a paused node never answers,
 /// and the nemesis must not stall behind it.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How many times a fault looks for its target (a leader, a follower).
+const TARGET_TRIES: u32 = 20;
+/// Pause between two looks.
+const TARGET_PAUSE: Duration = Duration::from_millis(250);
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -54,11 +59,15 @@ pub enum FaultKind {
     /// it), restart it after the hold: it must recover (SQLite drops the
     /// torn frame) and catch up, or refuse to start with a clear message.
     TornLog,
+    /// Tell a random node to build a snapshot and SIGKILL it 5-150 ms
+    /// later (while `VACUUM INTO` writes the copy); restart it after the
+    /// hold.
+    KillDuringSnapshot,
 }
 
 impl FaultKind {
     /// Every kind, for the soak.
-    pub const ALL: [FaultKind; 9] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
@@ -68,6 +77,7 @@ impl FaultKind {
         FaultKind::OneWayCut,
         FaultKind::SlowNode,
         FaultKind::TornLog,
+        FaultKind::KillDuringSnapshot,
     ];
 }
 
@@ -276,6 +286,25 @@ impl ChaosCluster {
                     None => None,
                 }
             }
+            FaultKind::KillDuringSnapshot => match random {
+                Some(id) => {
+                    let mut admin = self.cluster.client().admin(id)?;
+                    let building = tokio::spawn(async move {
+                        admin.trigger_snapshot(TriggerSnapshotRequest {}).await
+                    });
+                    let after = rng.gen_range(5..=150);
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    self.cluster.kill(id)?;
+                    let finished = building.is_finished();
+                    building.abort();
+                    self.note(format!(
+                        "{kind:?}: killed node {id} (SIGKILL) {after} ms after asking it for a snapshot{}",
+                        if finished { " (it had already answered)" } else { "" }
+                    ));
+                    Some(Active::Killed(id))
+                }
+                None => None,
+            },
             FaultKind::IsolateLeader => match self.leader().await {
                 Some(leader) => {
                     let rest: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
@@ -352,8 +381,18 @@ impl ChaosCluster {
         hold: Duration,
         rng: &mut StdRng,
     ) -> anyhow::Result<bool> {
-        let Some(active) = self.inject(kind, rng).await? else {
-            self.note(format!("{kind:?}: no target now, skipped"));
+        // Right after a fault the cluster may have no leader for a moment:
+        // look for a target a few times before giving up.
+        let mut active = None;
+        for _ in 0..TARGET_TRIES {
+            active = self.inject(kind, rng).await?;
+            if active.is_some() {
+                break;
+            }
+            tokio::time::sleep(TARGET_PAUSE).await;
+        }
+        let Some(active) = active else {
+            self.note(format!("{kind:?}: no target, skipped"));
             return Ok(false);
         };
         tokio::time::sleep(hold).await;
