@@ -41,9 +41,9 @@ pub struct PeerChannels {
 }
 
 impl PeerChannels {
-    /// Channels that present this node's certificate and trust the cluster CA.
+    /// Channels that present this node's certificate and trust the cluster
+    /// CA; connections come from `source_ip` when given.
     #[must_use]
-    /// Connections come from `source_ip` when given.
     pub fn new(tls: ClientTlsConfig, source_ip: Option<IpAddr>) -> Self {
         Self {
             tls,
