@@ -56,6 +56,9 @@ async fn partitions_cut_forwarding_and_read_index_and_a_paused_leader_comes_back
         .context("no follower")?;
     let mut kv = client.kv(follower)?;
     let first = kv.put(put("k", "before")).await?.into_inner().index;
+    // It answered once the leader applied it; the follower's own copy may
+    // be a heartbeat behind.
+    chaos.cluster.wait_applied(follower, first).await?;
 
     // 1. Cut the follower off.
     let others: Vec<u64> = chaos
@@ -117,7 +120,9 @@ async fn partitions_cut_forwarding_and_read_index_and_a_paused_leader_comes_back
         "node {follower} did not catch up"
     );
 
-    // 2. Pause the leader.
+    // 2. Pause the leader (which may have changed: the cut-off follower
+    // may have called elections while alone).
+    let leader = chaos.cluster.wait_for_leader(None).await?;
     let old = chaos.cluster.status(leader).await?;
     chaos.pause(leader)?;
     let others: Vec<u64> = chaos
