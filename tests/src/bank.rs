@@ -1088,28 +1088,12 @@ pub fn check(history: &History, end: &FinalState) -> Vec<String> {
         }
         // Reads: the balances this buyer's history allows, op by op.
         anomalies.extend(check_reads(*buyer, &ops));
-        // And exactly the journal up to the index each read was answered
-        // at: a node's applied index names the state it read.
-        for op in &ops {
-            if let (OpKind::Read { .. }, Outcome::Ok, Some(balance)) =
-                (&op.kind, &op.outcome, op.value)
-            {
-                let prefix: i64 = record
-                    .journal
-                    .iter()
-                    .filter(|e| e.log_index <= op.index)
-                    .map(|e| e.amount)
-                    .sum();
-                if i128::from(prefix) != i128::from(balance) {
-                    anomalies.push(format!(
-                        "{who}: read {} on node {:?} at applied index {} saw balance {balance}, but the journal up to that index sums to {prefix}",
-                        op.seq,
-                        op.nodes.last(),
-                        op.index
-                    ));
-                }
-            }
-        }
+        // And a prefix of the journal: the state at the index the node said
+        // it answered at, or a later one (the node reads its applied index
+        // before the balance, so the index is a lower bound), but none that
+        // includes the buyer's next acknowledged write, which began after
+        // the read ended.
+        anomalies.extend(check_read_prefixes(&who, &ops, &record.journal));
         // The final balance too.
         let possible = possible_balances(&ops);
         if let Some(possible) = possible {
@@ -1234,6 +1218,53 @@ fn possible_balances(ops: &[&Op]) -> Option<BTreeSet<i128>> {
         .try_fold(BTreeSet::from([0]), |possible, op| {
             step(possible, op, &prices)
         })
+}
+
+/// Checks that every read of one buyer saw its journal up to some index
+/// from the one the node reported to just before the buyer's next
+/// acknowledged write.
+fn check_read_prefixes(who: &str, ops: &[&Op], journal: &[Entry]) -> Vec<String> {
+    let mut ordered: Vec<&&Op> = ops.iter().collect();
+    ordered.sort_by_key(|op| op.seq);
+    let prefix = |index: u64| -> i64 {
+        journal
+            .iter()
+            .filter(|e| e.log_index <= index)
+            .map(|e| e.amount)
+            .sum()
+    };
+    let mut anomalies = Vec::new();
+    for (n, op) in ordered.iter().enumerate() {
+        let (OpKind::Read { .. }, Outcome::Ok, Some(balance)) = (&op.kind, &op.outcome, op.value)
+        else {
+            continue;
+        };
+        let next_write = ordered[n + 1..]
+            .iter()
+            .find(|later| {
+                later.outcome == Outcome::Ok
+                    && later.index > 0
+                    && !matches!(later.kind, OpKind::Read { .. })
+            })
+            .map_or(u64::MAX, |later| later.index);
+        let mut candidates = BTreeSet::from([prefix(op.index)]);
+        for entry in journal {
+            if entry.log_index > op.index && entry.log_index < next_write {
+                candidates.insert(prefix(entry.log_index));
+            }
+        }
+        if !candidates.contains(&i64::try_from(balance).unwrap_or(i64::MAX)) {
+            anomalies.push(format!(
+                "{who}: read {} on node {:?} at applied index {} saw balance {balance}, but the journal sums to {} at that index and to none of {:?} before the next acknowledged write (index {next_write})",
+                op.seq,
+                op.nodes.last(),
+                op.index,
+                prefix(op.index),
+                candidates
+            ));
+        }
+    }
+    anomalies
 }
 
 /// Checks each read of one buyer against the history before it. Every
@@ -1384,6 +1415,48 @@ mod tests {
         );
         assert!(
             found.iter().any(|a| a.contains("does not allow")),
+            "{found:?}"
+        );
+        // A read that saw an older state than the index its node reported.
+        let mut skewed = history.clone();
+        skewed[1].index = 3;
+        let found = check(&skewed, &end);
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("sums to 4997 at that index")),
+            "{found:?}"
+        );
+        // One that saw a newer state than its node reported is fine, as
+        // long as it is older than the buyer's next acknowledged write.
+        let mut newer = end.clone();
+        let buyer = newer.buyers.get_mut(&10).expect("buyer");
+        buyer.journal[0].log_index = 2;
+        let mut early = history.clone();
+        early[0].index = 2;
+        early[1].index = 1;
+        early[1].kind = OpKind::Read {
+            min_index: 0,
+            linearizable: false,
+        };
+        assert_eq!(check(&early, &newer), Vec::<String>::new());
+        // But not newer than the next acknowledged write.
+        let mut late = early.clone();
+        late.insert(2, op(5, OpKind::Deposit { amount: 7 }, Outcome::Ok, None));
+        late[2].index = 2;
+        late[1].index = 0;
+        let mut too_new = newer.clone();
+        too_new
+            .buyers
+            .get_mut(&10)
+            .expect("buyer")
+            .journal
+            .push(entry("deposit", 7, 2));
+        let found = check(&late, &too_new);
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("before the next acknowledged write")),
             "{found:?}"
         );
 
