@@ -59,7 +59,7 @@ pub enum FaultKind {
     /// it), restart it after the hold: it must recover (SQLite drops the
     /// torn frame) and catch up, or refuse to start with a clear message.
     TornLog,
-    /// Tell a random node to build a snapshot and SIGKILL it 5-150 ms
+    /// Tell a random node to build a snapshot and SIGKILL it 2-60 ms
     /// later (while `VACUUM INTO` writes the copy); restart it after the
     /// hold.
     KillDuringSnapshot,
@@ -292,7 +292,7 @@ impl ChaosCluster {
                     let building = tokio::spawn(async move {
                         admin.trigger_snapshot(TriggerSnapshotRequest {}).await
                     });
-                    let after = rng.gen_range(5..=150);
+                    let after = rng.gen_range(2..=60);
                     tokio::time::sleep(Duration::from_millis(after)).await;
                     self.cluster.kill(id)?;
                     let finished = building.is_finished();
