@@ -295,11 +295,21 @@ impl ChaosCluster {
                     let after = rng.gen_range(2..=60);
                     tokio::time::sleep(Duration::from_millis(after)).await;
                     self.cluster.kill(id)?;
-                    let finished = building.is_finished();
-                    building.abort();
+                    let answered = if building.is_finished() {
+                        match building.await {
+                            Ok(Ok(reply)) => format!(
+                                " (it had already answered: a snapshot up to {})",
+                                reply.into_inner().snapshot_index
+                            ),
+                            Ok(Err(status)) => format!(" (it had already answered: {status})"),
+                            Err(err) => format!(" ({err})"),
+                        }
+                    } else {
+                        building.abort();
+                        " (while it was building)".to_owned()
+                    };
                     self.note(format!(
-                        "{kind:?}: killed node {id} (SIGKILL) {after} ms after asking it for a snapshot{}",
-                        if finished { " (it had already answered)" } else { "" }
+                        "{kind:?}: killed node {id} (SIGKILL) {after} ms after asking it for a snapshot{answered}"
                     ));
                     Some(Active::Killed(id))
                 }
