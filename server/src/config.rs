@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// node its own loopback address (127.0.0.2, 127.0.0.3, ...) so that a
     /// proxy in front of a node can tell which node is calling.
     pub raft_source_ip: Option<std::net::IpAddr>,
+    /// Most calls per second one session token may make on the public
+    /// listener (a burst of two seconds' worth); 0: no limit.
+    pub session_rate_limit: u32,
 }
 
 impl Default for NodeConfig {
@@ -109,6 +112,7 @@ impl NodeConfig {
             purchase_hold_ms: 30 * 60 * 1000,
             log_file: None,
             raft_source_ip: None,
+            session_rate_limit: 0,
         }
     }
 
@@ -301,6 +305,10 @@ pub struct NodeArgs {
     /// [default: chosen by the system]; for fault-injection tests.
     #[arg(long)]
     pub raft_source_ip: Option<std::net::IpAddr>,
+    /// Most calls per second per session token on the public listener
+    /// (RESOURCE_EXHAUSTED beyond) [default: 0 = no limit].
+    #[arg(long, env = "AGORA_SESSION_RATE_LIMIT")]
+    pub session_rate_limit: Option<u32>,
 }
 
 impl NodeArgs {
@@ -338,7 +346,8 @@ impl NodeArgs {
             max_payload_entries,
             session_ttl_secs,
             presence_lease_ms,
-            purchase_hold_ms
+            purchase_hold_ms,
+            session_rate_limit
         );
         if self.advertise_api.is_some() {
             config.advertise_api.clone_from(&self.advertise_api);

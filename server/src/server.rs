@@ -226,6 +226,9 @@ pub async fn run(
     let api_server = Server::builder()
         .tls_config(tls.api_server())?
         .layer(RpcMetricsLayer::new(requests.clone()))
+        .layer(crate::grpc::rate_limit::RateLimitLayer::new(
+            config.session_rate_limit,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

@@ -53,6 +53,14 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(4);
 /// Longest an operation keeps retrying (same request id) before its
 /// outcome is unknown.
 const OPERATION_BUDGET: Duration = Duration::from_secs(12);
+/// One operation in this many is impatient: one attempt, given up after
+/// [`IMPATIENCE`], so that outcomes are unknown while the write may still
+/// land (what a client that times out sees).
+const IMPATIENT_ONE_IN: u32 = 10;
+/// Longest an impatient operation waits (a random time up to this, in
+/// ms; a write takes about 5-50 ms on a busy loopback cluster, so many
+/// are given up while they are on their way).
+const IMPATIENCE_MS: u64 = 40;
 /// Pause between two attempts of an operation.
 const RETRY_PAUSE: Duration = Duration::from_millis(150);
 /// Deposits are this many cents plus the operation's sequence number.
@@ -300,7 +308,7 @@ impl Bank {
                 &seller.store,
                 &NewListing {
                     path: file.clone(),
-                    chunk_size: 1024,
+                    chunk_size: 4096,
                     fields: ListingFields {
                         title: format!("bank listing {n}"),
                         ..ListingFields::default()
@@ -377,12 +385,9 @@ impl Bank {
     ) -> anyhow::Result<FinalState> {
         let mut buyers = BTreeMap::new();
         for buyer in &self.buyers {
-            buyers.insert(
-                buyer.id,
-                account_record(&self.admin, buyer, PurchaseRole::Buyer).await?,
-            );
+            buyers.insert(buyer.id, account_record(buyer, PurchaseRole::Buyer).await?);
         }
-        let seller = account_record(&self.admin, &self.seller, PurchaseRole::Seller).await?;
+        let seller = account_record(&self.seller, PurchaseRole::Seller).await?;
         Ok(FinalState {
             buyers,
             seller,
@@ -405,19 +410,14 @@ impl Bank {
     }
 }
 
-/// One account's end state, read linearizably by the operator (journal)
-/// and the user (purchases).
-async fn account_record(
-    admin: &ClusterClient,
-    user: &MarketUser,
-    role: PurchaseRole,
-) -> anyhow::Result<AccountRecord> {
+/// One account's end state, read linearizably by its user.
+async fn account_record(user: &MarketUser, role: PurchaseRole) -> anyhow::Result<AccountRecord> {
     let consistency = Some(ReadConsistency {
         min_index: 0,
         linearizable: true,
     });
-    let balance = ledger::balance(admin, user.id, consistency).await?.balance;
-    let journal = ledger::all_cash_flows(admin, user.id, &[], consistency)
+    let balance = ledger::balance(&user.client, 0, consistency).await?.balance;
+    let journal = ledger::all_cash_flows(&user.client, 0, &[], consistency)
         .await?
         .into_iter()
         .map(|flow| Entry {
@@ -522,11 +522,26 @@ impl Worker {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let started_ms = self.ms();
         let deadline = Instant::now() + OPERATION_BUDGET;
+        let impatient = self.rng.gen_ratio(1, IMPATIENT_ONE_IN);
+        let patience = Duration::from_millis(self.rng.gen_range(1..=IMPATIENCE_MS));
         let mut nodes = Vec::new();
         let (outcome, answer) = loop {
             let node = self.node();
             nodes.push(node);
-            match call(node).await {
+            let attempt = if impatient {
+                match tokio::time::timeout(patience, call(node)).await {
+                    Ok(attempt) => attempt,
+                    Err(_) => {
+                        break (
+                            Outcome::Unknown(format!("gave up after {patience:?}")),
+                            None,
+                        )
+                    }
+                }
+            } else {
+                call(node).await
+            };
+            match attempt {
                 Attempt::Done(answer) => break (Outcome::Ok, Some(answer)),
                 Attempt::Refused(status) => {
                     break (
@@ -535,7 +550,7 @@ impl Worker {
                     )
                 }
                 Attempt::Retry(why) => {
-                    if Instant::now() >= deadline {
+                    if impatient || Instant::now() >= deadline {
                         break (Outcome::Unknown(why), None);
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
@@ -661,7 +676,6 @@ impl Worker {
             },
             String::new(),
             |node| {
-                let request = request.clone();
                 let client = client.clone();
                 async move {
                     attempt(async move {
@@ -1074,6 +1088,12 @@ pub fn check(history: &History, end: &FinalState) -> Vec<String> {
         }
         // Reads: the balances this buyer's history allows, op by op.
         anomalies.extend(check_reads(*buyer, &ops));
+        // And a prefix of the journal: the state at the index the node said
+        // it answered at, or a later one (the node reads its applied index
+        // before the balance, so the index is a lower bound), but none that
+        // includes the buyer's next acknowledged write, which began after
+        // the read ended.
+        anomalies.extend(check_read_prefixes(&who, &ops, &record.journal));
         // The final balance too.
         let possible = possible_balances(&ops);
         if let Some(possible) = possible {
@@ -1160,12 +1180,7 @@ fn balance_effect(op: &Op) -> Option<(i128, bool)> {
 
 /// Applies one operation to the set of possible balances; `None` once the
 /// set grows beyond [`MAX_POSSIBLE_BALANCES`].
-fn step(
-    possible: Option<BTreeSet<i128>>,
-    op: &Op,
-    prices: &BTreeMap<u64, u64>,
-) -> Option<BTreeSet<i128>> {
-    let possible = possible?;
+fn step(possible: BTreeSet<i128>, op: &Op, prices: &BTreeMap<u64, u64>) -> Option<BTreeSet<i128>> {
     let effect = match op.kind {
         OpKind::Complete { purchase } => match (op.outcome.clone(), prices.get(&purchase)) {
             (Outcome::Failed(_), _) => None,
@@ -1200,9 +1215,56 @@ fn possible_balances(ops: &[&Op]) -> Option<BTreeSet<i128>> {
     ordered.sort_by_key(|op| op.seq);
     ordered
         .into_iter()
-        .fold(Some(BTreeSet::from([0])), |possible, op| {
+        .try_fold(BTreeSet::from([0]), |possible, op| {
             step(possible, op, &prices)
         })
+}
+
+/// Checks that every read of one buyer saw its journal up to some index
+/// from the one the node reported to just before the buyer's next
+/// acknowledged write.
+fn check_read_prefixes(who: &str, ops: &[&Op], journal: &[Entry]) -> Vec<String> {
+    let mut ordered: Vec<&&Op> = ops.iter().collect();
+    ordered.sort_by_key(|op| op.seq);
+    let prefix = |index: u64| -> i64 {
+        journal
+            .iter()
+            .filter(|e| e.log_index <= index)
+            .map(|e| e.amount)
+            .sum()
+    };
+    let mut anomalies = Vec::new();
+    for (n, op) in ordered.iter().enumerate() {
+        let (OpKind::Read { .. }, Outcome::Ok, Some(balance)) = (&op.kind, &op.outcome, op.value)
+        else {
+            continue;
+        };
+        let next_write = ordered[n + 1..]
+            .iter()
+            .find(|later| {
+                later.outcome == Outcome::Ok
+                    && later.index > 0
+                    && !matches!(later.kind, OpKind::Read { .. })
+            })
+            .map_or(u64::MAX, |later| later.index);
+        let mut candidates = BTreeSet::from([prefix(op.index)]);
+        for entry in journal {
+            if entry.log_index > op.index && entry.log_index < next_write {
+                candidates.insert(prefix(entry.log_index));
+            }
+        }
+        if !candidates.contains(&i64::try_from(balance).unwrap_or(i64::MAX)) {
+            anomalies.push(format!(
+                "{who}: read {} on node {:?} at applied index {} saw balance {balance}, but the journal sums to {} at that index and to none of {:?} before the next acknowledged write (index {next_write})",
+                op.seq,
+                op.nodes.last(),
+                op.index,
+                prefix(op.index),
+                candidates
+            ));
+        }
+    }
+    anomalies
 }
 
 /// Checks each read of one buyer against the history before it. Every
@@ -1235,7 +1297,7 @@ fn check_reads(buyer: u64, ops: &[&Op]) -> Vec<String> {
                 }
             }
         }
-        possible = step(possible, op, &prices);
+        possible = possible.and_then(|set| step(set, op, &prices));
     }
     anomalies
 }
@@ -1259,12 +1321,12 @@ mod tests {
         }
     }
 
-    fn entry(kind: &str, amount: i64) -> Entry {
+    fn entry(kind: &str, amount: i64, log_index: u64) -> Entry {
         Entry {
             kind: kind.to_owned(),
             amount,
             hold_id: 0,
-            log_index: 1,
+            log_index,
         }
     }
 
@@ -1300,7 +1362,7 @@ mod tests {
                 10,
                 AccountRecord {
                     balance: 4997,
-                    journal: vec![entry("deposit", 5000), entry("withdrawal", -3)],
+                    journal: vec![entry("deposit", 5000, 1), entry("withdrawal", -3, 3)],
                     purchases: Vec::new(),
                 },
             )]),
@@ -1325,7 +1387,7 @@ mod tests {
         // An acknowledged deposit applied twice (and money out of nowhere).
         let mut twice = end.clone();
         let buyer = twice.buyers.get_mut(&10).expect("buyer");
-        buyer.journal.push(entry("deposit", 5000));
+        buyer.journal.push(entry("deposit", 5000, 1));
         buyer.balance += 5000;
         twice.user_money += 5000;
         let found = check(&history, &twice);
@@ -1338,7 +1400,7 @@ mod tests {
         // A refused withdrawal that was applied.
         let mut refused = end.clone();
         let buyer = refused.buyers.get_mut(&10).expect("buyer");
-        buyer.journal.push(entry("withdrawal", -9999));
+        buyer.journal.push(entry("withdrawal", -9999, 5));
         let found = check(&history, &refused);
         assert!(found.iter().any(|a| a.contains("op 4")), "{found:?}");
 
@@ -1355,9 +1417,51 @@ mod tests {
             found.iter().any(|a| a.contains("does not allow")),
             "{found:?}"
         );
+        // A read that saw an older state than the index its node reported.
+        let mut skewed = history.clone();
+        skewed[1].index = 3;
+        let found = check(&skewed, &end);
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("sums to 4997 at that index")),
+            "{found:?}"
+        );
+        // One that saw a newer state than its node reported is fine, as
+        // long as it is older than the buyer's next acknowledged write.
+        let mut newer = end.clone();
+        let buyer = newer.buyers.get_mut(&10).expect("buyer");
+        buyer.journal[0].log_index = 2;
+        let mut early = history.clone();
+        early[0].index = 2;
+        early[1].index = 1;
+        early[1].kind = OpKind::Read {
+            min_index: 0,
+            linearizable: false,
+        };
+        assert_eq!(check(&early, &newer), Vec::<String>::new());
+        // But not newer than the next acknowledged write.
+        let mut late = early.clone();
+        late.insert(2, op(5, OpKind::Deposit { amount: 7 }, Outcome::Ok, None));
+        late[2].index = 2;
+        late[1].index = 0;
+        let mut too_new = newer.clone();
+        too_new
+            .buyers
+            .get_mut(&10)
+            .expect("buyer")
+            .journal
+            .push(entry("deposit", 7, 2));
+        let found = check(&late, &too_new);
+        assert!(
+            found
+                .iter()
+                .any(|a| a.contains("before the next acknowledged write")),
+            "{found:?}"
+        );
 
         // Money lost, and diverged nodes.
-        let mut lost = end.clone();
+        let mut lost = end;
         lost.user_money -= 1;
         lost.balance_sum = -1;
         lost.digests.insert(3, "b".into());
@@ -1400,7 +1504,7 @@ mod tests {
                 10,
                 AccountRecord {
                     balance: 4850,
-                    journal: vec![entry("deposit", 5000), paid.clone()],
+                    journal: vec![entry("deposit", 5000, 1), paid.clone()],
                     purchases: vec![
                         PurchaseRecord {
                             id: 7,
@@ -1421,7 +1525,7 @@ mod tests {
             )]),
             seller: AccountRecord {
                 balance: 149,
-                journal: vec![entry("sale", 149)],
+                journal: vec![entry("sale", 149, 3)],
                 purchases: vec![PurchaseRecord {
                     id: 7,
                     price: 150,

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use agora_proto::admin::Member;
+use agora_proto::admin::{Member, TriggerSnapshotRequest};
 use anyhow::Context as _;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -28,6 +28,11 @@ use crate::{TestCluster, TestOptions};
 /// Longest a status call of the nemesis waits: a paused node never answers,
 /// and the nemesis must not stall behind it.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How many times a fault looks for its target (a leader, a follower).
+const TARGET_TRIES: u32 = 20;
+/// Pause between two looks.
+const TARGET_PAUSE: Duration = Duration::from_millis(250);
 
 /// One kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -49,11 +54,20 @@ pub enum FaultKind {
     OneWayCut,
     /// Add latency (50-400 ms each way) to every link of a random node.
     SlowNode,
+    /// SIGKILL a follower, tear the last record of its Raft log (truncate
+    /// `raft-log.db-wal` mid-frame, as a crash during a write would leave
+    /// it), restart it after the hold: it must recover (SQLite drops the
+    /// torn frame) and catch up, or refuse to start with a clear message.
+    TornLog,
+    /// Tell a random node to build a snapshot and SIGKILL it 2-60 ms
+    /// later (while `VACUUM INTO` writes the copy); restart it after the
+    /// hold.
+    KillDuringSnapshot,
 }
 
 impl FaultKind {
     /// Every kind, for the soak.
-    pub const ALL: [FaultKind; 8] = [
+    pub const ALL: [FaultKind; 10] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
@@ -62,6 +76,8 @@ impl FaultKind {
         FaultKind::Partition,
         FaultKind::OneWayCut,
         FaultKind::SlowNode,
+        FaultKind::TornLog,
+        FaultKind::KillDuringSnapshot,
     ];
 }
 
@@ -213,7 +229,7 @@ impl ChaosCluster {
         let nodes = self.cluster.node_ids();
         // Never take down a majority by crashes and pauses at once.
         let down = nodes.len() - healthy.len();
-        let may_stop = down + 1 <= (nodes.len() - 1) / 2;
+        let may_stop = down < (nodes.len() - 1) / 2;
         let random = healthy.choose(rng).copied();
         let active = match kind {
             FaultKind::KillNode
@@ -253,6 +269,52 @@ impl ChaosCluster {
                     None => None,
                 }
             }
+            FaultKind::TornLog => {
+                let leader = self.leader().await;
+                let followers: Vec<u64> = healthy
+                    .iter()
+                    .copied()
+                    .filter(|id| Some(*id) != leader)
+                    .collect();
+                match followers.choose(rng).copied() {
+                    Some(id) => {
+                        self.cluster.kill(id)?;
+                        let torn = tear_log(&self.cluster, id, rng)?;
+                        self.note(format!("{kind:?}: killed node {id} (SIGKILL), {torn}"));
+                        Some(Active::Killed(id))
+                    }
+                    None => None,
+                }
+            }
+            FaultKind::KillDuringSnapshot => match random {
+                Some(id) => {
+                    let mut admin = self.cluster.client().admin(id)?;
+                    let building = tokio::spawn(async move {
+                        admin.trigger_snapshot(TriggerSnapshotRequest {}).await
+                    });
+                    let after = rng.gen_range(2..=60);
+                    tokio::time::sleep(Duration::from_millis(after)).await;
+                    self.cluster.kill(id)?;
+                    let answered = if building.is_finished() {
+                        match building.await {
+                            Ok(Ok(reply)) => format!(
+                                " (it had already answered: a snapshot up to {})",
+                                reply.into_inner().snapshot_index
+                            ),
+                            Ok(Err(status)) => format!(" (it had already answered: {status})"),
+                            Err(err) => format!(" ({err})"),
+                        }
+                    } else {
+                        building.abort();
+                        " (while it was building)".to_owned()
+                    };
+                    self.note(format!(
+                        "{kind:?}: killed node {id} (SIGKILL) {after} ms after asking it for a snapshot{answered}"
+                    ));
+                    Some(Active::Killed(id))
+                }
+                None => None,
+            },
             FaultKind::IsolateLeader => match self.leader().await {
                 Some(leader) => {
                     let rest: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
@@ -329,8 +391,18 @@ impl ChaosCluster {
         hold: Duration,
         rng: &mut StdRng,
     ) -> anyhow::Result<bool> {
-        let Some(active) = self.inject(kind, rng).await? else {
-            self.note(format!("{kind:?}: no target now, skipped"));
+        // Right after a fault the cluster may have no leader for a moment:
+        // look for a target a few times before giving up.
+        let mut active = None;
+        for _ in 0..TARGET_TRIES {
+            active = self.inject(kind, rng).await?;
+            if active.is_some() {
+                break;
+            }
+            tokio::time::sleep(TARGET_PAUSE).await;
+        }
+        let Some(active) = active else {
+            self.note(format!("{kind:?}: no target, skipped"));
             return Ok(false);
         };
         tokio::time::sleep(hold).await;
@@ -379,6 +451,36 @@ impl ChaosCluster {
         self.note(format!("healed; node {leader} leads"));
         Ok(leader)
     }
+}
+
+/// Largest tear of the log's last record, in bytes (a WAL frame is a
+/// 24-byte header and a 4 KiB page).
+const MAX_TEAR: u64 = 4096;
+
+/// Truncates node `id`'s `raft-log.db-wal` by 1..=[`MAX_TEAR`] bytes (never
+/// below its 32-byte header); says what it did.
+fn tear_log(cluster: &TestCluster, id: u64, rng: &mut StdRng) -> anyhow::Result<String> {
+    let wal = cluster.data_dir(id)?.join("raft-log.db-wal");
+    let len = match std::fs::metadata(&wal) {
+        Ok(meta) => meta.len(),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Ok("its log has no WAL to tear".to_owned())
+        }
+        Err(err) => return Err(err).with_context(|| format!("could not stat {}", wal.display())),
+    };
+    if len <= 32 {
+        return Ok(format!("its log's WAL is empty ({len} bytes)"));
+    }
+    let tear = rng.gen_range(1..=MAX_TEAR.min(len - 32));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .with_context(|| format!("could not open {}", wal.display()))?;
+    file.set_len(len - tear)
+        .with_context(|| format!("could not truncate {}", wal.display()))?;
+    Ok(format!(
+        "tore {tear} bytes off its Raft log's WAL ({len} bytes)"
+    ))
 }
 
 /// Sends `signal` to node `id`'s process.

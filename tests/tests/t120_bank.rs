@@ -9,7 +9,8 @@
 //! digests, clean audit).
 //!
 //! - `bank_quick`: the CI run (about a minute of load and one fault of each
-//!   main kind, well under two minutes on a busy two-core machine).
+//!   main kind, then a torn Raft log on a follower and a kill during a
+//!   snapshot build; well under two minutes on a busy two-core machine).
 //! - `bank_soak` (ignored): every fault kind at random for
 //!   `AGORA_BANK_MINUTES` (default 30) minutes:
 //!
@@ -156,8 +157,9 @@ async fn run_bank(plan: Plan, buyers: usize, snapshot_logs: Option<u64>) -> anyh
     let end = bank.final_state(&audit, digests).await?;
     let anomalies = bank::check(&history, &end);
     let (accepted, refused) = chaos.network.connection_counts();
+    let (built, installed) = snapshot_counts(&chaos)?;
     eprintln!(
-        "bank: proxies carried {accepted} connections and refused {refused}; {} anomalies",
+        "bank: proxies carried {accepted} connections and refused {refused}; snapshots built {built}, installed {installed}; {} anomalies",
         anomalies.len()
     );
     if let Err(err) = bank.close().await {
@@ -218,6 +220,17 @@ async fn run_bank(plan: Plan, buyers: usize, snapshot_logs: Option<u64>) -> anyh
     Ok(())
 }
 
+/// Snapshots built and installed on every node, from their logs.
+fn snapshot_counts(chaos: &ChaosCluster) -> anyhow::Result<(usize, usize)> {
+    let (mut built, mut installed) = (0, 0);
+    for id in chaos.cluster.node_ids() {
+        let log = std::fs::read_to_string(chaos.cluster.log_path(id)?)?;
+        built += log.matches("snapshot built").count();
+        installed += log.matches("snapshot installed").count();
+    }
+    Ok((built, installed))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bank_quick() -> anyhow::Result<()> {
     run_bank(
@@ -226,6 +239,8 @@ async fn bank_quick() -> anyhow::Result<()> {
             FaultKind::PauseLeader,
             FaultKind::IsolateLeader,
             FaultKind::SlowNode,
+            FaultKind::TornLog,
+            FaultKind::KillDuringSnapshot,
         ]),
         QUICK_BUYERS,
         None,
@@ -240,11 +255,12 @@ async fn bank_soak() -> anyhow::Result<()> {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(30);
-    // Small snapshots, so restarted and lagging nodes install them.
+    // Small snapshots, so that restarted and lagging nodes install them
+    // and kills often land while one is being built or installed.
     run_bank(
         Plan::Rampage(Duration::from_secs(minutes * 60)),
         SOAK_BUYERS,
-        Some(2_000),
+        Some(500),
     )
     .await
 }

@@ -8,6 +8,7 @@ pub mod kv;
 pub mod ledger;
 pub mod purchase;
 pub mod raft;
+pub mod rate_limit;
 pub mod rpc_metrics;
 
 use agora_proto::market;

@@ -66,9 +66,9 @@ fn record_health(health: &Mutex<HashMap<NodeId, PeerHealth>>, target: NodeId, ok
 }
 
 impl PeerChannels {
-    /// Channels that present this node's certificate and trust the cluster CA.
+    /// Channels that present this node's certificate and trust the cluster
+    /// CA; connections come from `source_ip` when given.
     #[must_use]
-    /// Connections come from `source_ip` when given.
     pub fn new(tls: ClientTlsConfig, source_ip: Option<IpAddr>) -> Self {
         Self {
             tls,

@@ -1,0 +1,195 @@
+//! Per-session request rate limits on the public listener: a token bucket
+//! per bearer token, so one user's runaway client cannot take a node's
+//! capacity from everyone else.
+//!
+//! Keyed by the token itself (its hash), not by the user id inside it: the
+//! layer runs before any handler has verified the token, and a key taken
+//! from unverified claims would let anyone drain another user's bucket by
+//! forging a token with their id. A token cannot be forged, so each bucket
+//! is only ever drained by whoever holds that session. Calls without a
+//! token (registration, login, public reads) are not limited here. A user
+//! with several sessions has one bucket per session; sessions cost a login.
+//!
+//! A refused call gets `RESOURCE_EXHAUSTED` with a sentence saying what to
+//! do; nothing reaches the handler, so nothing is half-done.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tower::{Layer, Service};
+
+/// How many seconds of calls a bucket holds (the burst a client may send
+/// after being idle).
+const BURST_SECONDS: f64 = 2.0;
+/// Buckets are forgotten after this long without a call...
+const IDLE: Duration = Duration::from_secs(30);
+/// ... checked whenever the table grows past this many buckets.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// One session's bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The buckets, shared by every connection of the listener.
+#[derive(Debug)]
+struct Buckets {
+    /// Calls per second per session.
+    rate: f64,
+    table: Mutex<HashMap<u64, Bucket>>,
+}
+
+impl Buckets {
+    /// Takes one call from `key`'s bucket at `now`; false when it is empty.
+    fn admit(&self, key: u64, now: Instant) -> bool {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.len() > PRUNE_ABOVE {
+            table.retain(|_, b| now.duration_since(b.last) < IDLE);
+        }
+        let capacity = (self.rate * BURST_SECONDS).max(1.0);
+        let bucket = table.entry(key).or_insert(Bucket {
+            tokens: capacity,
+            last: now,
+        });
+        let refill = now.duration_since(bucket.last).as_secs_f64() * self.rate;
+        bucket.tokens = (bucket.tokens + refill).min(capacity);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Adds [`RateLimit`] around a service; `per_second` 0 turns it off.
+#[derive(Debug, Clone)]
+pub struct RateLimitLayer {
+    buckets: Option<Arc<Buckets>>,
+}
+
+impl RateLimitLayer {
+    /// At most `per_second` calls per second per session token, with a
+    /// burst of two seconds' worth; 0: no limit.
+    #[must_use]
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            buckets: (per_second > 0).then(|| {
+                Arc::new(Buckets {
+                    rate: f64::from(per_second),
+                    table: Mutex::default(),
+                })
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            buckets: self.buckets.clone(),
+        }
+    }
+}
+
+/// Refuses calls of a session beyond its rate.
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    buckets: Option<Arc<Buckets>>,
+}
+
+/// The bucket key of a request: a hash of its bearer token, if any.
+fn session_key<B>(request: &http::Request<B>) -> Option<u64> {
+    let token = request.headers().get("authorization")?;
+    let mut hasher = DefaultHasher::new();
+    token.as_bytes().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A trailers-only gRPC answer `RESOURCE_EXHAUSTED` (what
+/// `tonic::Status::into_http` makes, for any body type).
+fn too_many<RB: Default>() -> http::Response<RB> {
+    let mut response = http::Response::new(RB::default());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    headers.insert(
+        "grpc-message",
+        http::HeaderValue::from_static(
+            "too%20many%20requests%20for%20this%20session%3B%20slow%20down%20and%20retry%20in%20a%20second",
+        ),
+    );
+    response
+}
+
+impl<S, B, RB> Service<http::Request<B>> for RateLimit<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Default + Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if let (Some(buckets), Some(key)) = (&self.buckets, session_key(&request)) {
+            if !buckets.admit(key, Instant::now()) {
+                metrics::counter!("agora_rate_limited_total").increment(1);
+                return Box::pin(async { Ok(too_many()) });
+            }
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_its_rate() {
+        let buckets = Buckets {
+            rate: 5.0,
+            table: Mutex::default(),
+        };
+        let start = Instant::now();
+        let admitted = (0..20).filter(|_| buckets.admit(1, start)).count();
+        assert_eq!(admitted, 10, "the burst is two seconds' worth");
+        assert!(!buckets.admit(1, start));
+        // Another session is not affected.
+        assert!(buckets.admit(2, start));
+        // A second later, five more.
+        let later = start + Duration::from_secs(1);
+        let admitted = (0..20).filter(|_| buckets.admit(1, later)).count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn the_message_is_a_valid_percent_encoded_sentence() {
+        let response: http::Response<()> = too_many();
+        let message = response.headers()["grpc-message"].to_str().unwrap_or("");
+        assert!(message.starts_with("too%20many%20requests"));
+        assert_eq!(response.headers()["grpc-status"], "8");
+    }
+}
