@@ -39,6 +39,11 @@ pub struct LagView {
     pub matched_index: u64,
     /// Entries it is behind.
     pub lag: u64,
+    /// Whether the leader's last Raft RPC to it succeeded.
+    pub reachable: bool,
+    /// Milliseconds since the leader last heard from it (0: never, or the
+    /// leader itself).
+    pub last_contact_ms_ago: u64,
 }
 
 impl From<&ReplicationLag> for LagView {
@@ -47,6 +52,8 @@ impl From<&ReplicationLag> for LagView {
             id: lag.id,
             matched_index: lag.matched_index,
             lag: lag.lag,
+            reachable: lag.reachable,
+            last_contact_ms_ago: lag.last_contact_ms_ago,
         }
     }
 }

@@ -124,12 +124,13 @@ impl Authenticator {
                 }
                 other => Status::unauthenticated(other.to_string()),
             })?;
-        let revoked = store::accounts::is_revoked(&self.readers, &claims.session_id)
-            .await
-            .map_err(|e| Status::internal(format!("checking the session failed: {e}")))?;
+        let revoked =
+            store::accounts::is_revoked(&self.readers, &claims.session_id, claims.user_id)
+                .await
+                .map_err(|e| Status::internal(format!("checking the session failed: {e}")))?;
         if revoked {
             return Err(Status::unauthenticated(
-                "this session was ended (logged out or revoked); log in again",
+                "this session was ended (logged out, revoked, or its account deleted); log in again",
             ));
         }
         Ok(Some(Session { claims }))

@@ -59,6 +59,9 @@ pub struct NodeConfig {
     /// How long a purchase holds the buyer's money when the buyer names no
     /// time, in milliseconds: the download must complete within it.
     pub purchase_hold_ms: u64,
+    /// The file this node's output goes to (its launcher redirects stderr
+    /// there), so an operator can read its tail with `agora-admin log`.
+    pub log_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -95,6 +98,7 @@ impl NodeConfig {
             session_ttl_secs: 12 * 3600,
             presence_lease_ms: 120_000,
             purchase_hold_ms: 30 * 60 * 1000,
+            log_file: None,
         }
     }
 
@@ -276,6 +280,9 @@ pub struct NodeArgs {
     /// time, in milliseconds [default: 1800000].
     #[arg(long, env = "AGORA_PURCHASE_HOLD_MS")]
     pub purchase_hold_ms: Option<u64>,
+    /// The file this node's output is redirected to, for `agora-admin log`.
+    #[arg(long, env = "AGORA_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -317,6 +324,9 @@ impl NodeArgs {
         );
         if self.advertise_api.is_some() {
             config.advertise_api.clone_from(&self.advertise_api);
+        }
+        if self.log_file.is_some() {
+            config.log_file.clone_from(&self.log_file);
         }
         if self.advertise_raft.is_some() {
             config.advertise_raft.clone_from(&self.advertise_raft);

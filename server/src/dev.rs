@@ -160,6 +160,8 @@ fn spawn_node(
         .arg(certs.node_cert(node.id))
         .arg("--key")
         .arg(certs.node_key(node.id))
+        .arg("--log-file")
+        .arg(&log_path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -13,6 +13,7 @@
 //!   for linearizable reads, until it has applied the leader's
 //!   quorum-confirmed commit index (read-index).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,8 +23,10 @@ use openraft::ServerState;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::activity::{LastLogins, RequestRate};
 use crate::auth::Authenticator;
 use crate::error::{ReadError, WriteError};
+use crate::events::EventSink;
 use crate::raft::command::{Answer, Command, Outcome, Proposal};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{decode, encode, PeerChannels};
@@ -82,8 +85,25 @@ pub struct Node {
     pub started: Instant,
     /// Sessions and cluster secrets.
     pub auth: Authenticator,
+    /// Where this node's parts drop events for the replicated event log.
+    pub events: EventSink,
+    /// This node's files and counters the admin status reports.
+    pub local: NodeLocal,
+    /// The last login of each account this node served.
+    pub logins: LastLogins,
     /// Proposals waiting to be batched into a log entry.
     proposals: mpsc::Sender<Pending>,
+}
+
+/// What a node knows about itself that is not replicated.
+#[derive(Debug, Clone, Default)]
+pub struct NodeLocal {
+    /// The data directory (database sizes).
+    pub data_dir: PathBuf,
+    /// The file its output goes to, if its launcher said so (`--log-file`).
+    pub log_file: Option<PathBuf>,
+    /// Its gRPC request counter.
+    pub requests: RequestRate,
 }
 
 /// A proposal waiting for the batcher, with where to send its result.
@@ -108,6 +128,8 @@ impl Node {
         log: LogStore,
         peers: PeerChannels,
         addr: NodeAddr,
+        events: EventSink,
+        local: NodeLocal,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_batcher(id, raft.clone(), rx));
@@ -120,6 +142,9 @@ impl Node {
             peers,
             addr,
             started: Instant::now(),
+            events,
+            local,
+            logins: LastLogins::default(),
             proposals: tx,
         })
     }

@@ -21,7 +21,9 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::activity::RequestRate;
 use crate::config::{ConfigError, NodeConfig};
+use crate::events::EventSink;
 use crate::grpc::account::AccountApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::catalogue::CatalogueApi;
@@ -31,7 +33,7 @@ use crate::grpc::purchase::PurchaseApi;
 use crate::grpc::raft::RaftApi;
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
 use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
-use crate::node::Node;
+use crate::node::{Node, NodeLocal};
 use crate::observability;
 use crate::presence::{self, Leases};
 use crate::raft::log_store::LogStore;
@@ -40,6 +42,9 @@ use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::{self, StorageError};
 use crate::raft::NodeAddr;
 use crate::tls::{TlsError, TlsMaterial};
+
+/// Longest a graceful stop waits to record its `node_stopped` event.
+const STOP_EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The listeners a node serves on, bound by the caller.
 pub struct Listeners {
@@ -131,6 +136,9 @@ pub async fn run(
     config.validate()?;
     let tls = TlsMaterial::load(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
+    // Before the databases are opened: whether the last run stopped cleanly.
+    let start_kind = crate::events::start_kind(&config.data_dir)?;
+    let (events, notes) = EventSink::channel();
 
     let log = LogStore::open(&config.data_dir.join("raft-log.db")).await?;
     let state = StateMachine::open(&config.data_dir).await?;
@@ -158,6 +166,8 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| raft_local.to_string()),
     };
+    state.set_event_sink(events.clone());
+    let requests = RequestRate::default();
     let node = Node::new(
         config.id,
         raft.clone(),
@@ -165,7 +175,18 @@ pub async fn run(
         log.clone(),
         peers,
         addr.clone(),
+        events.clone(),
+        NodeLocal {
+            data_dir: config.data_dir.clone(),
+            log_file: config.log_file.clone(),
+            requests: requests.clone(),
+        },
     );
+    let started = crate::events::start_note(config.id, start_kind);
+    events.note(started.kind, started.subject_node_id, started.message);
+    tokio::spawn(crate::events::run_recorder(node.clone(), notes));
+    tokio::spawn(crate::events::run_watcher(node.clone()));
+    tokio::spawn(requests.clone().run_sampler());
     tokio::spawn(crate::node::run_leader_duties(
         node.clone(),
         config.load_test_ksf,
@@ -204,7 +225,7 @@ pub async fn run(
 
     let api_server = Server::builder()
         .tls_config(tls.api_server())?
-        .layer(RpcMetricsLayer)
+        .layer(RpcMetricsLayer::new(requests.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -237,7 +258,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(no_delay(listeners.api), stopped());
     let raft_server = Server::builder()
         .tls_config(tls.raft_server())?
-        .layer(RpcMetricsLayer)
+        .layer(RpcMetricsLayer::new(requests.clone()))
         .add_service(
             RaftServiceServer::new(RaftApi::new(node.clone()))
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
@@ -263,6 +284,23 @@ pub async fn run(
     let metrics_task = tokio::spawn(metrics_server);
     shutdown.await;
     tracing::info!("shutting down");
+    // Say so in the event log while the node can still reach the leader
+    // (bounded: a node cut off from the cluster must still stop).
+    let stopping = crate::events::EventNote {
+        kind: crate::events::EventKind::NodeStopped,
+        subject_node_id: config.id,
+        message: format!("node {} is stopping gracefully", config.id),
+    };
+    let _ = tokio::time::timeout(
+        STOP_EVENT_WAIT,
+        crate::events::record(
+            &node,
+            &format!("stop:{}", config.id),
+            crate::auth::now_ms(),
+            stopping,
+        ),
+    )
+    .await;
     let _ = stop_tx.send(true);
     let _ = raft.shutdown().await;
     for task in [api_task, raft_task] {
@@ -272,6 +310,9 @@ pub async fn run(
     }
     let _ = metrics_task.await;
     let _ = std::fs::remove_file(config.data_dir.join("node.json"));
+    if let Err(e) = crate::events::mark_clean_shutdown(&config.data_dir) {
+        tracing::warn!(error = %e, "could not mark the clean stop; the next start will be recorded as after a crash");
+    }
     tracing::info!("stopped");
     Ok(())
 }

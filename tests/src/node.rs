@@ -124,6 +124,10 @@ impl NodeProcess {
             .arg(&self.files.cert)
             .arg("--key")
             .arg(&self.files.key)
+            // Its output goes to this file (below); the node serves its
+            // tail to `agora-admin log`.
+            .arg("--log-file")
+            .arg(&self.files.log)
             .args(&settings.args)
             .stdin(Stdio::null())
             .env("RUST_BACKTRACE", "1")

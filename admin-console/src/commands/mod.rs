@@ -7,15 +7,19 @@ mod commission;
 mod deposit;
 mod digest;
 mod dispute_window;
+mod events;
 mod hold;
+mod log;
 mod login;
 mod logout;
 mod promote;
 mod remove;
+mod settings;
 mod snapshot;
 mod standing;
 mod status;
 mod topics;
+mod users;
 mod whoami;
 
 use std::time::Duration;
@@ -29,7 +33,7 @@ use crate::console::Console;
 /// Every console command.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Show every node's role, term, log indexes, uptime and version.
+    /// Show every node's role, term, log indexes, lag, database size, requests/s, uptime and version (unreachable nodes flagged).
     Status(status::Status),
     /// Add a running node to the cluster as a non-voting learner.
     AddLearner(add_learner::AddLearner),
@@ -65,6 +69,15 @@ pub enum Command {
     Logout(logout::Logout),
     /// Show who the console is logged in as.
     Whoami(whoami::Whoami),
+    /// Show the cluster's event log: elections, membership changes,
+    /// crashes and restarts, snapshots, audit failures.
+    Events(events::Events),
+    /// Find, show, suspend, reinstate or delete user accounts.
+    Users(users::Users),
+    /// Show the replicated settings, or change one with `settings set`.
+    Settings(settings::Settings),
+    /// Show the end of one node's log file.
+    Log(log::Log),
     /// Serve the web dashboard (sign in there with an admin account).
     Serve(crate::web::Serve),
 }
@@ -103,6 +116,10 @@ impl Command {
             Self::Login(command) => command.run(console).await,
             Self::Logout(command) => command.run(console).await,
             Self::Whoami(command) => command.run(console).await,
+            Self::Events(command) => command.run(console).await,
+            Self::Users(command) => command.run(console).await,
+            Self::Settings(command) => command.run(console).await,
+            Self::Log(command) => command.run(console).await,
             Self::Serve(command) => command.run(console).await,
         }
     }

@@ -8,7 +8,7 @@ use crate::fleet::{leader_of, statuses};
 use crate::table::{uptime, Table};
 use crate::views::{LagView, MemberView};
 
-/// Show every node's role, term, log indexes, uptime and version.
+/// Show every node's role, term, log indexes, lag, database size, requests/s, uptime and version (unreachable nodes flagged).
 #[derive(Debug, clap::Args)]
 pub struct Status {}
 
@@ -54,6 +54,16 @@ struct Reachable {
     version: String,
     members: Vec<MemberView>,
     replication: Vec<LagView>,
+    state_db_bytes: u64,
+    log_db_bytes: u64,
+    requests_per_sec: f64,
+    requests_total: u64,
+    last_event_id: u64,
+    /// Entries behind the leader's last log, from the leader's view (null
+    /// when no leader answered).
+    lag: Option<u64>,
+    /// Whether the leader reaches it (null when no leader answered).
+    leader_reaches: Option<bool>,
 }
 
 impl Reachable {
@@ -76,7 +86,23 @@ impl Reachable {
             version: status.version.clone(),
             members: status.members.iter().map(MemberView::from).collect(),
             replication: status.replication.iter().map(LagView::from).collect(),
+            state_db_bytes: status.state_db_bytes,
+            log_db_bytes: status.log_db_bytes,
+            requests_per_sec: status.requests_per_sec,
+            requests_total: status.requests_total,
+            last_event_id: status.last_event_id,
+            lag: None,
+            leader_reaches: None,
         }
+    }
+
+    /// Fills in what the leader says about this node.
+    fn seen_by(mut self, leader: Option<&NodeStatus>) -> Self {
+        if let Some(lag) = leader.and_then(|l| l.replication.iter().find(|r| r.id == self.id)) {
+            self.lag = Some(lag.lag);
+            self.leader_reaches = Some(lag.reachable);
+        }
+        self
     }
 }
 
@@ -89,12 +115,19 @@ impl Status {
                 .iter()
                 .filter_map(|(_, result)| result.as_ref().ok()),
         );
+        let leader = answers
+            .iter()
+            .filter_map(|(_, result)| result.as_ref().ok())
+            .find(|s| Some(s.id) == leader_id && s.role == "leader")
+            .cloned();
         let nodes = answers
             .into_iter()
             .map(|(id, result)| {
                 let addr = console.client.node_addr(id).unwrap_or_default();
                 match result {
-                    Ok(status) => NodeReport::Reachable(Box::new(Reachable::new(addr, &status))),
+                    Ok(status) => NodeReport::Reachable(Box::new(
+                        Reachable::new(addr, &status).seen_by(leader.as_ref()),
+                    )),
                     Err(status) => NodeReport::Unreachable {
                         id,
                         addr,
@@ -133,6 +166,9 @@ fn render(report: &Report) -> String {
         "COMMITTED",
         "APPLIED",
         "SNAPSHOT",
+        "LAG",
+        "DB",
+        "REQ/S",
         "UPTIME",
         "VERSION",
     ]);
@@ -157,6 +193,13 @@ fn render(report: &Report) -> String {
                 node.committed_index.to_string(),
                 node.applied_index.to_string(),
                 node.snapshot_index.to_string(),
+                match (node.lag, node.leader_reaches) {
+                    (_, Some(false)) => "leader cannot reach".to_owned(),
+                    (Some(lag), _) => lag.to_string(),
+                    (None, _) => "-".to_owned(),
+                },
+                megabytes(node.state_db_bytes + node.log_db_bytes),
+                format!("{:.1}", node.requests_per_sec),
                 uptime(node.uptime_secs),
                 node.version.clone(),
             ]),
@@ -177,6 +220,13 @@ fn render(report: &Report) -> String {
     out.push_str(&table.render());
     out.push_str(&errors);
     out
+}
+
+/// Bytes as MiB with one decimal.
+fn megabytes(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    format!("{mib:.1}M")
 }
 
 #[cfg(test)]
@@ -209,13 +259,22 @@ mod tests {
                 id: 1,
                 matched_index: 120,
                 lag: 0,
+                reachable: true,
+                last_contact_ms_ago: 0,
             }],
             raft_addr: "127.0.0.1:7201".into(),
+            state_db_bytes: 3 * 1024 * 1024,
+            log_db_bytes: 1024 * 1024,
+            requests_per_sec: 12.5,
+            requests_total: 400,
+            last_event_id: 9,
         };
         Report {
             leader_id: Some(1),
             nodes: vec![
-                NodeReport::Reachable(Box::new(Reachable::new("127.0.0.1:7101".into(), &status))),
+                NodeReport::Reachable(Box::new(
+                    Reachable::new("127.0.0.1:7101".into(), &status).seen_by(Some(&status)),
+                )),
                 NodeReport::Unreachable {
                     id: 2,
                     addr: "127.0.0.1:7102".into(),
@@ -240,6 +299,9 @@ mod tests {
             "127.0.0.1:7201"
         );
         assert_eq!(value["nodes"][0]["replication"][0]["lag"], 0);
+        assert_eq!(value["nodes"][0]["lag"], 0);
+        assert_eq!(value["nodes"][0]["leader_reaches"], true);
+        assert_eq!(value["nodes"][0]["requests_per_sec"], 12.5);
         assert_eq!(
             value["nodes"][1],
             serde_json::json!({
@@ -268,6 +330,8 @@ mod tests {
         assert!(lines[1].contains("LAST LOG"), "{text}");
         assert!(lines[2].starts_with("*  1"), "{text}");
         assert!(lines[2].contains("1m05s"), "{text}");
+        assert!(lines[2].contains("4.0M"), "{text}");
+        assert!(lines[2].contains("12.5"), "{text}");
         assert!(lines[3].contains("unreachable"), "{text}");
         assert_eq!(
             lines[4],

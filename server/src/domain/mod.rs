@@ -5,3 +5,4 @@ pub mod catalogue;
 pub mod kv;
 pub mod ledger;
 pub mod purchases;
+pub mod settings;

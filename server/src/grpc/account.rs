@@ -297,6 +297,16 @@ impl AccountService for AccountApi {
             ServerLoginStartParameters::default(),
         )
         .map_err(|_| Status::unauthenticated(LOGIN_FAILED))?;
+        // An account logs in with the parameters it registered with (a
+        // later change applies to new registrations only); an unknown name
+        // gets the current ones, like a new account would.
+        let ksf = match store::users::ksf_of(self.node.state.readers(), &name)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+        {
+            Some(ksf) => ksf,
+            None => self.ksf().await?,
+        };
         let login_id = random_hex(16);
         self.put_pending(
             login_id.clone(),
@@ -310,7 +320,7 @@ impl AccountService for AccountApi {
         Ok(Response::new(LoginStartReply {
             login_id,
             credential_response: start.message.serialize().to_vec(),
-            ksf: Some(ksf_reply(self.ksf().await?)),
+            ksf: Some(ksf_reply(ksf)),
         }))
     }
 
@@ -361,6 +371,7 @@ impl AccountService for AccountApi {
                 .saturating_add(u64::try_from(self.session_ttl.as_millis()).unwrap_or(u64::MAX)),
         };
         metrics::counter!("agora_logins_total").increment(1);
+        self.node.logins.record(user.id, now);
         Ok(Response::new(LoginFinishReply {
             token: sign_token(&claims, &keys.signing),
             user_id: user.id,

@@ -21,11 +21,18 @@ use openraft::raft::ClientWriteResponse;
 use openraft::ChangeMembers;
 use tonic::{Request, Response, Status};
 
+use agora_proto::admin::{
+    DeleteUserReply, DeleteUserRequest, Event, EventsReply, EventsRequest, FindUsersReply,
+    FindUsersRequest, GetSettingsRequest, LogTailReply, LogTailRequest, SetSettingRequest,
+    Settings, ShowUserRequest, UserDetail, UserSummary,
+};
 use agora_proto::auth::canonical_username;
 
 use crate::auth::Session;
 use crate::domain::catalogue;
+use crate::domain::settings::{self, SettingChange};
 use crate::error::WriteError;
+use crate::events::EventKind;
 use crate::node::Node;
 use crate::node::{Applied, Freshness};
 use crate::raft::command::{Op, Outcome, Proposal, RequestKey};
@@ -126,6 +133,69 @@ fn node_addr(member: Option<Member>) -> Result<(NodeId, NodeAddr), Status> {
     ))
 }
 
+/// Events per page unless the caller says.
+const DEFAULT_EVENTS_PAGE: u32 = 100;
+/// Most events per page.
+const MAX_EVENTS_PAGE: u32 = 1000;
+/// Users per page unless the caller says.
+const DEFAULT_USERS_PAGE: u32 = 50;
+/// Most users per page.
+const MAX_USERS_PAGE: u32 = 500;
+/// Longest user search text.
+const MAX_USER_QUERY: usize = 64;
+/// Log lines unless the caller says.
+const DEFAULT_LOG_LINES: u32 = 100;
+/// Most log lines in one answer.
+const MAX_LOG_LINES: u32 = 1000;
+/// The bounds the setting commands enforce.
+const SETTING_LIMITS: settings::Limits = settings::Limits {
+    max_bps: crate::domain::ledger::MAX_BPS,
+    max_hold_ttl_ms: crate::raft::command::MAX_PURCHASE_TTL_MS,
+    max_dispute_window_ms: store::purchases::MAX_DISPUTE_WINDOW_MS,
+};
+
+/// A page size: `asked`, or `default` for 0, at most `max`.
+fn page_limit(asked: u32, default: u32, max: u32) -> u32 {
+    if asked == 0 {
+        default
+    } else {
+        asked.min(max)
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// Who made an admin change, for the event log.
+fn who(session: Option<&Session>) -> String {
+    session.map_or_else(
+        || "the operator certificate".to_owned(),
+        |s| format!("admin {}", s.claims.username),
+    )
+}
+
+/// Why removing voter `id` would leave a cluster that cannot commit:
+/// fewer of the `remaining` voters reachable (from the leader's view) than
+/// a quorum of them. `None` when it is safe.
+fn quorum_refusal(id: NodeId, remaining: usize, reachable: usize) -> Option<String> {
+    let quorum = remaining / 2 + 1;
+    (reachable < quorum).then(|| {
+        format!(
+            "removing node {id} would leave {remaining} voters of which only {reachable} answer the leader, fewer than the {quorum} needed to commit; bring the others back first or pass force"
+        )
+    })
+}
+
+/// Bytes of a SQLite database with its write-ahead log.
+fn database_bytes(dir: &std::path::Path, name: &str) -> u64 {
+    ["", "-wal", "-shm"]
+        .iter()
+        .filter_map(|suffix| std::fs::metadata(dir.join(format!("{name}{suffix}"))).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Hold lifetime when the request gives none.
 const DEFAULT_HOLD_TTL: Duration = Duration::from_secs(15 * 60);
 
@@ -197,6 +267,69 @@ impl AdminApi {
             .map_err(|e| Status::internal(e.to_string()))?
             .map(|u| u.id)
             .ok_or_else(|| Status::not_found(format!("there is no user {canonical:?}")))
+    }
+
+    /// Everything the console shows about one account.
+    async fn user_detail(&self, user_id: u64) -> Result<UserDetail, Status> {
+        let readers = self.node.state.readers();
+        let user = store::accounts::user_by_id(readers, user_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("there is no user {user_id}")))?;
+        let (suspended, sales, strikes, active_listings) =
+            store::catalogue::standing(readers, user_id)
+                .await
+                .map_err(internal)?
+                .unwrap_or_default();
+        let created_at_ms = store::users::created_ms(readers, user_id)
+            .await
+            .map_err(internal)?
+            .unwrap_or_default();
+        let mut conn = readers.acquire().await.map_err(internal)?;
+        let ties = store::users::ties(&mut conn, user_id)
+            .await
+            .map_err(internal)?;
+        let admin = user.role == agora_proto::auth::Role::Admin;
+        Ok(UserDetail {
+            user_id,
+            delete_blocker: ties
+                .delete_blocker(&user.username, admin)
+                .unwrap_or_default(),
+            username: user.username,
+            role: user.role.as_str().to_owned(),
+            created_at_ms,
+            balance: ties.balance,
+            held: ties.held,
+            suspended,
+            sales,
+            strikes,
+            active_listings,
+            open_holds: ties.open_holds,
+            pending_proceeds: ties.pending_proceeds,
+            last_login_ms: self.node.logins.last(user_id).unwrap_or_default(),
+        })
+    }
+
+    /// The replicated settings as this node has them.
+    async fn settings(&self, index: u64) -> Result<Settings, Status> {
+        let readers = self.node.state.readers();
+        let ksf = store::accounts::ksf(readers).await.map_err(internal)?;
+        Ok(Settings {
+            commission_bps: store::ledger::commission_bps(readers)
+                .await
+                .map_err(internal)?,
+            hold_ttl_ms: store::purchases::hold_ttl_ms(readers)
+                .await
+                .map_err(internal)?
+                .unwrap_or(0),
+            dispute_window_ms: store::purchases::dispute_window_ms(readers)
+                .await
+                .map_err(internal)?,
+            argon2_memory_kib: ksf.memory_kib,
+            argon2_iterations: ksf.iterations,
+            argon2_parallelism: ksf.parallelism,
+            index,
+        })
     }
 
     /// Posts or voids a hold (`op` makes the command from the hold id).
@@ -425,6 +558,16 @@ impl AdminService for AdminApi {
         if !report.problems.is_empty() {
             tracing::error!(problems = ?report.problems, "ledger audit failed");
             metrics::counter!("agora_audit_failures_total").increment(1);
+            self.node.events.note(
+                EventKind::AuditFailed,
+                self.node.id,
+                format!(
+                    "the ledger audit on node {} failed at index {}: {}",
+                    self.node.id,
+                    report.applied_index,
+                    report.problems.join("; ")
+                ),
+            );
         }
         Ok(Response::new(AuditReply {
             clean: report.problems.is_empty(),
@@ -449,6 +592,9 @@ impl AdminService for AdminApi {
         let node = &self.node;
         let m = node.raft.metrics().borrow().clone();
         let last_log = m.last_log_index.unwrap_or(0);
+        let last_event_id = store::events::last_id(node.state.readers())
+            .await
+            .map_err(internal)?;
         let replication = m
             .replication
             .as_ref()
@@ -456,10 +602,20 @@ impl AdminService for AdminApi {
                 r.iter()
                     .map(|(id, matched)| {
                         let matched = matched.map_or(0, |l| l.index);
+                        let health = node.peers.health(*id);
+                        let me = *id == node.id;
                         ReplicationLag {
                             id: *id,
                             matched_index: matched,
                             lag: last_log.saturating_sub(matched),
+                            reachable: me || health.failing_since.is_none(),
+                            last_contact_ms_ago: if me {
+                                0
+                            } else {
+                                health.last_ok.map_or(0, |t| {
+                                    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
+                                })
+                            },
                         }
                     })
                     .collect()
@@ -482,6 +638,11 @@ impl AdminService for AdminApi {
             uptime_secs: node.started.elapsed().as_secs(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             replication,
+            state_db_bytes: database_bytes(&node.local.data_dir, "state.db"),
+            log_db_bytes: database_bytes(&node.local.data_dir, "raft-log.db"),
+            requests_per_sec: node.local.requests.per_sec(),
+            requests_total: node.local.requests.total(),
+            last_event_id,
         }))
     }
 
@@ -551,6 +712,11 @@ impl AdminService for AdminApi {
             )
             .await
             .map_err(|_| not_caught_up())?;
+        node.events.note(
+            EventKind::LearnerAdded,
+            id,
+            format!("node {id} joined as a learner and caught up"),
+        );
         Ok(Response::new(membership_reply(&response, node)))
     }
 
@@ -577,7 +743,14 @@ impl AdminService for AdminApi {
         }
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match node.raft.change_membership(change, false).await {
-            Ok(response) => Ok(Response::new(membership_reply(&response, node))),
+            Ok(response) => {
+                node.events.note(
+                    EventKind::VoterPromoted,
+                    id,
+                    format!("node {id} was promoted to voter"),
+                );
+                Ok(Response::new(membership_reply(&response, node)))
+            }
             Err(e) => Err(membership_error(node, e)),
         }
     }
@@ -612,12 +785,30 @@ impl AdminService for AdminApi {
                     req.id
                 )));
             }
+            if !req.force {
+                let remaining: BTreeSet<NodeId> =
+                    voters.iter().copied().filter(|v| *v != req.id).collect();
+                let reachable = remaining
+                    .iter()
+                    .filter(|v| **v == node.id || node.peers.health(**v).failing_since.is_none())
+                    .count();
+                if let Some(refusal) = quorum_refusal(req.id, remaining.len(), reachable) {
+                    return Err(Status::failed_precondition(refusal));
+                }
+            }
             ChangeMembers::RemoveVoters(BTreeSet::from([req.id]))
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([req.id]))
         };
         match node.raft.change_membership(change, false).await {
-            Ok(response) => Ok(Response::new(membership_reply(&response, node))),
+            Ok(response) => {
+                node.events.note(
+                    EventKind::NodeRemoved,
+                    req.id,
+                    format!("node {} was removed from the cluster", req.id),
+                );
+                Ok(Response::new(membership_reply(&response, node)))
+            }
             Err(e) => Err(membership_error(node, e)),
         }
     }
@@ -681,5 +872,212 @@ impl AdminService for AdminApi {
                 )));
             }
         }
+    }
+
+    async fn events(
+        &self,
+        request: Request<EventsRequest>,
+    ) -> Result<Response<EventsReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let limit = page_limit(req.limit, DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE);
+        let readers = self.node.state.readers();
+        let rows = store::events::page(readers, req.since_id, limit)
+            .await
+            .map_err(internal)?;
+        let last_id = store::events::last_id(readers).await.map_err(internal)?;
+        Ok(Response::new(EventsReply {
+            events: rows
+                .into_iter()
+                .map(|e| Event {
+                    id: e.id,
+                    time_ms: e.time_ms,
+                    node_id: e.node_id,
+                    kind: e.kind,
+                    subject_node_id: e.subject_node_id,
+                    term: e.term,
+                    message: e.message,
+                })
+                .collect(),
+            last_id,
+        }))
+    }
+
+    async fn find_users(
+        &self,
+        request: Request<FindUsersRequest>,
+    ) -> Result<Response<FindUsersReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        if req.query.len() > MAX_USER_QUERY {
+            return Err(Status::invalid_argument(format!(
+                "the search text has at most {MAX_USER_QUERY} characters"
+            )));
+        }
+        let limit = page_limit(req.limit, DEFAULT_USERS_PAGE, MAX_USERS_PAGE);
+        // Names are stored lower-case: search them the same way.
+        let text = req.query.trim().to_ascii_lowercase();
+        let rows = store::users::find(self.node.state.readers(), &text, req.after_id, limit)
+            .await
+            .map_err(internal)?;
+        let next_after_id = if rows.len() == limit as usize {
+            rows.last().map_or(0, |u| u.id)
+        } else {
+            0
+        };
+        Ok(Response::new(FindUsersReply {
+            users: rows
+                .into_iter()
+                .map(|u| UserSummary {
+                    user_id: u.id,
+                    username: u.username,
+                    role: u.role,
+                    created_at_ms: u.created_ms,
+                    balance: u.balance,
+                    suspended: u.suspended,
+                })
+                .collect(),
+            next_after_id,
+        }))
+    }
+
+    async fn show_user(
+        &self,
+        request: Request<ShowUserRequest>,
+    ) -> Result<Response<UserDetail>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let user_id = self.user_id(&request.into_inner().username).await?;
+        self.user_detail(user_id).await.map(Response::new)
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<DeleteUserReply>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let user_id = self.user_id(&req.username).await?;
+        let applied = self.write(key, Op::DeleteUser { user_id }).await?;
+        match applied.outcome {
+            Outcome::UserDeleted { user_id, username } => {
+                self.node.events.note(
+                    EventKind::UserDeleted,
+                    0,
+                    format!(
+                        "account {username} (id {user_id}) was deleted by {}",
+                        who(session.as_ref())
+                    ),
+                );
+                Ok(Response::new(DeleteUserReply {
+                    user_id,
+                    username,
+                    index: applied.index,
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected outcome {other:?} for a deletion"
+            ))),
+        }
+    }
+
+    async fn get_settings(
+        &self,
+        request: Request<GetSettingsRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        self.settings(0).await.map(Response::new)
+    }
+
+    async fn set_setting(
+        &self,
+        request: Request<SetSettingRequest>,
+    ) -> Result<Response<Settings>, Status> {
+        let session = self.node.auth.require_admin(&request).await?;
+        let req = request.into_inner();
+        let key = admin_key(session.as_ref(), req.request_id)?;
+        let name = req.name.trim().to_ascii_lowercase();
+        // Read the current Argon2id parameters after everything committed
+        // so far: one of the three changes, the others stay.
+        self.node
+            .read_barrier(Freshness {
+                min_index: 0,
+                linearizable: true,
+            })
+            .await?;
+        let current_ksf = store::accounts::ksf(self.node.state.readers())
+            .await
+            .map_err(internal)?;
+        let change = settings::parse_change(&name, &req.value, current_ksf, SETTING_LIMITS)
+            .map_err(Status::invalid_argument)?;
+        let op = match change {
+            SettingChange::CommissionBps(bps) => Op::SetCommission { bps },
+            SettingChange::HoldTtlMs(ms) => Op::SetHoldTtl { ms },
+            SettingChange::DisputeWindowMs(ms) => Op::SetDisputeWindow { ms },
+            SettingChange::Ksf(ksf) => Op::SetKsf { ksf },
+        };
+        let applied = self.write(key, op).await?;
+        self.node.events.note(
+            EventKind::SettingChanged,
+            0,
+            format!(
+                "{name} was set to {} by {}",
+                req.value.trim(),
+                who(session.as_ref())
+            ),
+        );
+        self.node.wait_applied(applied.index).await?;
+        self.settings(applied.index).await.map(Response::new)
+    }
+
+    async fn log_tail(
+        &self,
+        request: Request<LogTailRequest>,
+    ) -> Result<Response<LogTailReply>, Status> {
+        self.node.auth.require_admin(&request).await?;
+        let lines = page_limit(request.into_inner().lines, DEFAULT_LOG_LINES, MAX_LOG_LINES);
+        let path = self.node.local.log_file.clone().ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "node {} was not started with --log-file, so it does not know where its log goes; read it where its output is kept",
+                self.node.id
+            ))
+        })?;
+        let reading = path.clone();
+        let (file_bytes, tail) = tokio::task::spawn_blocking(move || {
+            crate::log_tail::read_tail(&reading, lines as usize)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            Status::failed_precondition(format!("cannot read the log file {}: {e}", path.display()))
+        })?;
+        Ok(Response::new(LogTailReply {
+            node_id: self.node.id,
+            path: path.display().to_string(),
+            lines: tail,
+            file_bytes,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_needs_a_reachable_quorum_of_the_rest() {
+        // 4 voters, one removed, 3 left: 2 must answer.
+        assert!(quorum_refusal(4, 3, 3).is_none());
+        assert!(quorum_refusal(4, 3, 2).is_none());
+        assert!(quorum_refusal(4, 3, 1).is_some_and(|r| r.contains("2 needed")));
+        // 5 left, 2 answer: no quorum.
+        assert!(quorum_refusal(1, 5, 2).is_some());
+    }
+
+    #[test]
+    fn page_limits_default_and_cap() {
+        assert_eq!(page_limit(0, 100, 1000), 100);
+        assert_eq!(page_limit(5, 100, 1000), 5);
+        assert_eq!(page_limit(5000, 100, 1000), 1000);
     }
 }

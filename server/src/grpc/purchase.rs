@@ -167,7 +167,12 @@ impl PurchaseService for PurchaseApi {
             ));
         }
         let ttl_ms = match u64::from(req.hold_seconds) * 1000 {
-            0 => self.default_hold_ms,
+            // The replicated setting, when an admin set one, else this
+            // node's own default.
+            0 => crate::store::purchases::hold_ttl_ms(self.node.state.readers())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .unwrap_or(self.default_hold_ms),
             ms if ms > MAX_PURCHASE_TTL_MS => {
                 return Err(Status::invalid_argument(format!(
                     "hold_seconds is at most {} (24 hours)",

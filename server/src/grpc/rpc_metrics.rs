@@ -1,5 +1,6 @@
 //! A tower layer that counts every gRPC call by method and status code and
-//! records its latency, for the Prometheus endpoint.
+//! records its latency, for the Prometheus endpoint, and counts it in the
+//! node's [`RequestRate`] for the admin status.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,15 +9,30 @@ use std::time::Instant;
 
 use tower::{Layer, Service};
 
+use crate::activity::RequestRate;
+
 /// Adds [`RpcMetrics`] around a service.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+#[derive(Debug, Clone, Default)]
+pub struct RpcMetricsLayer {
+    rate: RequestRate,
+}
+
+impl RpcMetricsLayer {
+    /// Counts calls in `rate` too.
+    #[must_use]
+    pub fn new(rate: RequestRate) -> Self {
+        Self { rate }
+    }
+}
 
 impl<S> Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics {
+            inner,
+            rate: self.rate.clone(),
+        }
     }
 }
 
@@ -24,6 +40,8 @@ impl<S> Layer<S> for RpcMetricsLayer {
 #[derive(Debug, Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    /// The node's own request counter (the admin status reports its rate).
+    rate: RequestRate,
 }
 
 /// Keeps label values to our own methods, so a stray path cannot grow the
@@ -50,6 +68,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.rate.count();
         let method = method_label(request.uri().path());
         let started = Instant::now();
         let future = self.inner.call(request);

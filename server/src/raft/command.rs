@@ -275,6 +275,37 @@ pub enum Op {
         /// Suspend (true) or lift (false).
         suspended: bool,
     },
+    /// Something happened to the cluster (an election, a crash, a
+    /// snapshot...): appended to the event log with the command's time.
+    RecordEvent {
+        /// The node that saw it.
+        node_id: u64,
+        /// What happened (`events::EventKind` as text).
+        kind: String,
+        /// The node it is about (0: none).
+        subject_node_id: u64,
+        /// The recording node's term when it saw it.
+        term: u64,
+        /// A sentence for people.
+        message: String,
+    },
+    /// Delete an inactive account (refused while anything ties it to the
+    /// market, and for admins).
+    DeleteUser {
+        /// The account.
+        user_id: u64,
+    },
+    /// Set how long a purchase holds the buyer's money (0: each node's
+    /// `--purchase-hold-ms`).
+    SetHoldTtl {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Set the Argon2id parameters handed to new registrations.
+    SetKsf {
+        /// The parameters.
+        ksf: KsfParams,
+    },
 }
 
 /// Who asks for a change to a listing. The session's claims, checked by
@@ -383,6 +414,18 @@ pub enum Outcome {
     Purchase {
         /// Its id.
         purchase_id: u64,
+    },
+    /// An event was appended to the event log.
+    Event {
+        /// Its id.
+        event_id: u64,
+    },
+    /// An account was deleted.
+    UserDeleted {
+        /// Its id.
+        user_id: u64,
+        /// The name it had (now free).
+        username: String,
     },
 }
 
@@ -552,7 +595,32 @@ impl Op {
             Op::DepositKey { .. } | Op::CompletePurchase { .. } | Op::CancelPurchase { .. } => {
                 Ok(())
             }
-            Op::SetSuspended { .. } => Ok(()),
+            Op::SetSuspended { .. } | Op::DeleteUser { .. } => Ok(()),
+            Op::RecordEvent { kind, message, .. } => {
+                if kind.is_empty() || kind.len() > MAX_EVENT_KIND {
+                    return Err(Rejection::Invalid(format!(
+                        "an event kind has 1 to {MAX_EVENT_KIND} characters"
+                    )));
+                }
+                if message.len() > MAX_EVENT_MESSAGE {
+                    return Err(Rejection::Invalid(format!(
+                        "an event message has at most {MAX_EVENT_MESSAGE} bytes"
+                    )));
+                }
+                Ok(())
+            }
+            Op::SetHoldTtl { ms } => {
+                if *ms > MAX_PURCHASE_TTL_MS {
+                    return Err(Rejection::Invalid(format!(
+                        "a purchase holds the money for at most {} hours",
+                        MAX_PURCHASE_TTL_MS / 3_600_000
+                    )));
+                }
+                Ok(())
+            }
+            Op::SetKsf { ksf } => {
+                crate::domain::settings::check_ksf(*ksf).map_err(Rejection::Invalid)
+            }
             Op::SetDisputeWindow { ms } => {
                 if *ms > store::purchases::MAX_DISPUTE_WINDOW_MS {
                     return Err(Rejection::Invalid(
@@ -923,6 +991,49 @@ impl Op {
                 store::purchases::set_dispute_window_ms(conn, *ms).await?;
                 Ok(Outcome::SettingChanged)
             }
+            Op::RecordEvent {
+                node_id,
+                kind,
+                subject_node_id,
+                term,
+                message,
+            } => {
+                let event = store::events::NewEvent {
+                    node_id: *node_id,
+                    kind,
+                    subject_node_id: *subject_node_id,
+                    term: *term,
+                    message,
+                };
+                let event_id = store::events::insert(conn, &event, ctx.time_ms, ctx.index).await?;
+                Ok(Outcome::Event { event_id })
+            }
+            Op::DeleteUser { user_id } => {
+                let Some(user) = store::accounts::user_by_id(&mut *conn, *user_id).await? else {
+                    return Ok(no_user(*user_id));
+                };
+                if store::users::is_deleted(&mut *conn, *user_id).await? {
+                    return Ok(no_user(*user_id));
+                }
+                let ties = store::users::ties(conn, *user_id).await?;
+                if let Some(blocker) = ties.delete_blocker(&user.username, user.role == Role::Admin)
+                {
+                    return Ok(Outcome::Rejected(Rejection::FailedPrecondition(blocker)));
+                }
+                store::users::tombstone(conn, *user_id, ctx.time_ms).await?;
+                Ok(Outcome::UserDeleted {
+                    user_id: *user_id,
+                    username: user.username,
+                })
+            }
+            Op::SetHoldTtl { ms } => {
+                store::purchases::set_hold_ttl_ms(conn, *ms).await?;
+                Ok(Outcome::SettingChanged)
+            }
+            Op::SetKsf { ksf } => {
+                store::accounts::set_ksf(conn, ksf).await?;
+                Ok(Outcome::SettingChanged)
+            }
             Op::ReverseSale {
                 purchase_id,
                 buyer_id,
@@ -1040,6 +1151,10 @@ impl Command {
 
 /// Longest a purchase may hold the buyer's money (24 h).
 pub const MAX_PURCHASE_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Longest event kind, bytes.
+const MAX_EVENT_KIND: usize = 32;
+/// Longest event message, bytes.
+const MAX_EVENT_MESSAGE: usize = 1024;
 
 /// Most sellers one `LapsePresence` takes offline.
 pub const MAX_LAPSES: usize = 10_000;

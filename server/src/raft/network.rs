@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agora_proto::raft::raft_service_client::RaftServiceClient;
 use agora_proto::raft::RaftPayload;
@@ -33,6 +33,31 @@ pub struct PeerChannels {
     tls: ClientTlsConfig,
     /// Keyed by address, so a node that moved gets a fresh channel.
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// How this node's last Raft RPCs to each peer went: the leader's view
+    /// of which followers are reachable (status, event log).
+    health: Arc<Mutex<HashMap<NodeId, PeerHealth>>>,
+}
+
+/// How the Raft RPCs to one peer have gone lately.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerHealth {
+    /// When the peer last answered (any answer, even a refusal).
+    pub last_ok: Option<Instant>,
+    /// Since when every RPC to it failed; `None` while it answers.
+    pub failing_since: Option<Instant>,
+}
+
+fn record_health(health: &Mutex<HashMap<NodeId, PeerHealth>>, target: NodeId, ok: bool) {
+    let mut map = health
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let entry = map.entry(target).or_default();
+    if ok {
+        entry.last_ok = Some(Instant::now());
+        entry.failing_since = None;
+    } else if entry.failing_since.is_none() {
+        entry.failing_since = Some(Instant::now());
+    }
 }
 
 impl PeerChannels {
@@ -42,7 +67,20 @@ impl PeerChannels {
         Self {
             tls,
             channels: Arc::default(),
+            health: Arc::default(),
         }
+    }
+
+    /// How the RPCs to `target` have gone (all `None` when this node never
+    /// called it, as on a follower).
+    #[must_use]
+    pub fn health(&self, target: NodeId) -> PeerHealth {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The channel to `raft_addr`, made on first use.
@@ -88,6 +126,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerChannels {
         PeerConnection {
             target,
             client: self.client(&node.raft_addr).map_err(|e| e.to_string()),
+            health: self.health.clone(),
         }
     }
 }
@@ -98,6 +137,8 @@ pub struct PeerConnection {
     /// An error when the peer's address is unusable; reported as unreachable
     /// on every call.
     client: Result<RaftServiceClient<Channel>, String>,
+    /// Shared with [`PeerChannels`]: every call's fate is noted there.
+    health: Arc<Mutex<HashMap<NodeId, PeerHealth>>>,
 }
 
 /// Encodes a value for the wire.
@@ -142,6 +183,7 @@ impl PeerConnection {
         };
         let started = std::time::Instant::now();
         let reply = tokio::time::timeout(ttl, call).await;
+        record_health(&self.health, self.target, matches!(reply, Ok(Ok(_))));
         metrics::histogram!("agora_raft_rpc_seconds", "rpc" => rpc)
             .record(started.elapsed().as_secs_f64());
         let reply = match reply {

@@ -23,6 +23,7 @@ use tokio::sync::{watch, Mutex};
 use super::command::Answer;
 use super::typ::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership};
 use super::{storage_io, TypeConfig};
+use crate::events::{EventKind, EventSink};
 use crate::store::{self, meta};
 
 /// File name of a snapshot being received.
@@ -53,6 +54,9 @@ struct Shared {
     /// returns (listings, topics, presence), so search caches know when
     /// they are current.
     catalogue_changed: AtomicU64,
+    /// Where snapshot builds and installs are reported for the event log;
+    /// set once the node exists (it is made after the state machine).
+    events: std::sync::OnceLock<EventSink>,
 }
 
 /// The current snapshot, as recorded in `current.json`.
@@ -96,8 +100,20 @@ impl StateMachine {
                 snapshot_seq: AtomicU64::new(0),
                 // Unknown after a restart: as if changed at the last index.
                 catalogue_changed: AtomicU64::new(applied.map_or(0, |l| l.index)),
+                events: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Reports snapshot builds and installs to `sink` from now on.
+    pub fn set_event_sink(&self, sink: EventSink) {
+        let _ = self.shared.events.set(sink);
+    }
+
+    fn note(&self, kind: EventKind, message: String) {
+        if let Some(sink) = self.shared.events.get() {
+            sink.note(kind, 0, message);
+        }
     }
 
     /// The pool of read-only connections.
@@ -312,6 +328,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .store(index, Ordering::Release);
         self.shared.applied.send_replace(index);
         metrics::counter!("agora_raft_snapshots_installed_total").increment(1);
+        self.note(
+            EventKind::SnapshotInstalled,
+            format!("installed a snapshot from the leader covering index {index}"),
+        );
         tracing::info!(index, "snapshot installed");
         Ok(())
     }
@@ -434,6 +454,13 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         };
         self.set_current(&meta, &name).await?;
         metrics::counter!("agora_raft_snapshots_built_total").increment(1);
+        self.note(
+            EventKind::SnapshotBuilt,
+            format!(
+                "built a snapshot covering index {}",
+                last_applied.map_or(0, |l| l.index)
+            ),
+        );
         tracing::info!(index = ?last_applied.map(|l| l.index), "snapshot built");
         Ok(Snapshot {
             meta,

@@ -171,8 +171,11 @@ pub async fn insert_user(
     time_ms: u64,
 ) -> Result<Option<u64>, sqlx::Error> {
     let row: Option<(i64,)> = sqlx::query_as(
-        "INSERT INTO users (username, role, password_file, identity_public_key, encrypted_identity_key, created_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (username) DO NOTHING RETURNING id",
+        // The account keeps the Argon2id parameters in force when it is
+        // created: its password file was made with them.
+        "INSERT INTO users (username, role, password_file, identity_public_key, encrypted_identity_key, created_ms, ksf)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT value FROM settings WHERE key = 'ksf'))
+         ON CONFLICT (username) DO NOTHING RETURNING id",
     )
     .bind(user.username)
     .bind(user.role.as_str())
@@ -208,19 +211,23 @@ pub async fn revoke_session(
     Ok(())
 }
 
-/// Whether a session was revoked.
+/// Whether a session was revoked, or its account deleted.
 ///
 /// # Errors
 /// Storage errors.
 pub async fn is_revoked(
     conn: impl SqliteExecutor<'_>,
     session_id: &str,
+    user_id: u64,
 ) -> Result<bool, sqlx::Error> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM revoked_sessions WHERE session_id = ?1")
-            .bind(session_id)
-            .fetch_optional(conn)
-            .await?;
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT 1 FROM revoked_sessions WHERE session_id = ?1 \
+         UNION ALL SELECT 1 FROM users WHERE id = ?2 AND deleted_ms IS NOT NULL",
+    )
+    .bind(session_id)
+    .bind(to_i64(user_id))
+    .fetch_optional(conn)
+    .await?;
     Ok(row.is_some())
 }
 

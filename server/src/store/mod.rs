@@ -6,11 +6,13 @@ pub mod accounts;
 pub mod audit;
 pub mod catalogue;
 pub mod digest;
+pub mod events;
 pub mod kv;
 pub mod ledger;
 pub mod meta;
 pub mod purchases;
 pub mod requests;
+pub mod users;
 
 use std::path::Path;
 use std::time::Duration;

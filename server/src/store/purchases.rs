@@ -525,6 +525,36 @@ pub async fn set_dispute_window_ms(
     Ok(())
 }
 
+/// The replicated purchase hold time, ms; `None` until an admin sets one
+/// (then each node's `--purchase-hold-ms` applies).
+///
+/// # Errors
+/// Storage errors.
+pub async fn hold_ttl_ms(conn: impl SqliteExecutor<'_>) -> Result<Option<u64>, sqlx::Error> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = ?1")
+        .bind(HOLD_TTL_SETTING)
+        .fetch_optional(conn)
+        .await?;
+    Ok(value.and_then(|v| v.parse().ok()).filter(|ms| *ms > 0))
+}
+
+/// Sets the purchase hold time (0 clears it).
+///
+/// # Errors
+/// Storage errors.
+pub async fn set_hold_ttl_ms(conn: &mut SqliteConnection, ms: u64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )
+    .bind(HOLD_TTL_SETTING)
+    .bind(ms.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Settings key of the purchase hold time.
+const HOLD_TTL_SETTING: &str = "hold_ttl_ms";
 /// Settings key of the dispute window.
 const DISPUTE_WINDOW_SETTING: &str = "dispute_window_ms";
 /// The dispute window until an admin sets one: 24 hours.
