@@ -288,9 +288,9 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         &http,
         &console,
         Method::POST,
-        "/api/settings/commission",
+        "/api/settings",
         Some(&cookie),
-        Some(json!({ "bps": 100 })),
+        Some(json!({ "name": "commission_bps", "value": "100" })),
         false,
     )
     .await?;
@@ -361,10 +361,17 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
                     .any(|(id, state)| *id == victim && state == "unreachable")
                     .then_some(()))
             })?;
-            // The sampler notices it too (its events panel), within a few
-            // samples.
+            // The cluster's replicated event log is shown (the election at
+            // least), and the console's sampler notices the dead node too.
+            wait_page(&tab, "the cluster's event log", |tab| {
+                let kinds = eval_string(
+                    tab,
+                    "String(document.querySelectorAll('#events li[data-kind]').length)",
+                )?;
+                Ok((kinds != "0").then_some(()))
+            })?;
             wait_page(&tab, "the event of the node that stopped answering", |tab| {
-                let text = eval_string(tab, "document.getElementById('events').innerText")?;
+                let text = eval_string(tab, "document.getElementById('observed').innerText")?;
                 Ok(text
                     .contains(&format!("node {victim} stopped answering"))
                     .then_some(()))

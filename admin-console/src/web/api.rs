@@ -9,15 +9,16 @@
 //! nothing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use agora_peer::{account, describe_status, ledger, new_request_id, ClientError};
 use agora_proto::admin::{
-    AddLearnerRequest, Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest, UserStanding,
+    AddLearnerRequest, AdminRequestId, Event, EventsRequest, FindUsersRequest,
+    GetSettingsRequest, Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest,
+    SetSettingRequest, Settings, ShowUserRequest, UserDetail,
 };
 use agora_proto::amount::{format_amount, format_signed};
 use agora_proto::auth::{canonical_username, Role};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -39,8 +40,15 @@ use crate::views::{MemberView, MembershipView};
 pub const CSRF_HEADER: &str = "x-agora-console";
 /// A node further behind than this many entries is flagged as lagging.
 pub const LAGGING_ENTRIES: u64 = 50;
-/// Longest the dispute window may be (the cluster enforces it too).
-const MAX_DISPUTE_WINDOW_SECS: u64 = 90 * 24 * 3600;
+/// Cluster events the page shows (the newest).
+pub const SHOWN_EVENTS: usize = 100;
+/// Events asked for per call when catching up with the log.
+const EVENTS_PAGE: u32 = 500;
+/// Pages read per request at most: an old cluster's log is caught up over
+/// a few polls instead of one long request.
+const EVENTS_PAGES_PER_CALL: usize = 4;
+/// Users the search shows at most.
+const FOUND_USERS: u32 = 25;
 
 /// The whole app: the page, its assets and the API.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -54,10 +62,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/members/learner", post(add_learner))
         .route("/api/members/promote", post(promote))
         .route("/api/members/remove", post(remove))
-        .route("/api/users/:name", get(user_standing))
+        .route("/api/users", get(find_users))
+        .route("/api/users/:name", get(show_user))
         .route("/api/suspension", post(set_suspension))
-        .route("/api/settings/commission", post(set_commission))
-        .route("/api/settings/dispute-window", post(set_dispute_window))
+        .route("/api/settings", get(settings).post(set_setting))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_session));
     Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", super::INDEX_HTML)))
@@ -327,6 +335,10 @@ pub struct NodeRow {
     pub lagging: bool,
     /// Whether it votes (None when unknown).
     pub voter: Option<bool>,
+    /// gRPC requests per second it served lately.
+    pub requests_per_sec: f64,
+    /// Its state and log databases on disk, in bytes.
+    pub db_bytes: u64,
 }
 
 /// Builds the table from every node's answer (pure: unit-tested).
@@ -379,6 +391,8 @@ pub fn overview_of(
                     pid: status.pid,
                     lagging: lag.is_some_and(|l| l > LAGGING_ENTRIES) || behind > LAGGING_ENTRIES,
                     voter: members.iter().find(|m| m.id == *id).map(|m| m.voter),
+                    requests_per_sec: status.requests_per_sec,
+                    db_bytes: status.state_db_bytes.saturating_add(status.log_db_bytes),
                 }
             }
             Err(status) => NodeRow {
@@ -449,16 +463,97 @@ async fn history(State(state): State<Arc<AppState>>) -> Json<HistoryReply> {
     })
 }
 
-/// The event panel: what the console saw change.
+/// The event panel: the cluster's replicated event log, and what the
+/// console itself saw change.
 #[derive(Serialize)]
 struct EventsReply {
+    /// The newest cluster events, newest first.
+    cluster: Vec<serde_json::Value>,
+    /// Why the cluster's log could not be read, if it could not.
+    cluster_error: Option<String>,
+    /// The console's own observations, newest first.
     observed: Vec<ObservedEvent>,
 }
 
-async fn events(State(state): State<Arc<AppState>>) -> Json<EventsReply> {
-    Json(EventsReply {
-        observed: state.history.events(),
+/// The cluster's event log as far as the console has read it, so each
+/// poll asks only for what is new.
+#[derive(Debug, Default)]
+pub struct EventCache {
+    /// Held across the calls that extend it: one reader at a time.
+    inner: tokio::sync::Mutex<EventCacheInner>,
+}
+
+#[derive(Debug, Default)]
+struct EventCacheInner {
+    /// The newest id read.
+    last_id: u64,
+    /// The newest [`SHOWN_EVENTS`] events, oldest first.
+    events: std::collections::VecDeque<Event>,
+}
+
+impl EventCache {
+    /// Reads what is new (with the browser's session) and answers the
+    /// newest events, newest first.
+    async fn refresh(&self, client: &agora_peer::ClusterClient) -> Result<Vec<Event>, Status> {
+        let mut inner = self.inner.lock().await;
+        for _ in 0..EVENTS_PAGES_PER_CALL {
+            let since_id = inner.last_id;
+            let page = client
+                .call_any(|channel| {
+                    let mut admin = client.admin_on(channel);
+                    async move {
+                        admin
+                            .events(EventsRequest {
+                                since_id,
+                                limit: EVENTS_PAGE,
+                            })
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+            let full = page.events.len() >= EVENTS_PAGE as usize;
+            for event in page.events {
+                inner.last_id = inner.last_id.max(event.id);
+                inner.events.push_back(event);
+                if inner.events.len() > SHOWN_EVENTS {
+                    inner.events.pop_front();
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(inner.events.iter().rev().cloned().collect())
+    }
+}
+
+fn event_view(event: &Event) -> serde_json::Value {
+    json!({
+        "id": event.id,
+        "time_ms": event.time_ms,
+        "node_id": event.node_id,
+        "kind": event.kind,
+        "subject_node_id": (event.subject_node_id != 0).then_some(event.subject_node_id),
+        "term": event.term,
+        "message": event.message,
     })
+}
+
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Extension(session): Extension<Arc<WebSession>>,
+) -> ApiResult<EventsReply> {
+    let (cluster, cluster_error) = match state.events.refresh(&session.client).await {
+        Ok(events) => (events.iter().map(event_view).collect(), None),
+        Err(status) if status.code() == Code::Unauthenticated => return Err(status.into()),
+        Err(status) => (Vec::new(), Some(describe_status(&status))),
+    };
+    Ok(Json(EventsReply {
+        cluster,
+        cluster_error,
+        observed: state.history.events(),
+    }))
 }
 
 /// The ledger audit, as the page shows it.
@@ -589,37 +684,90 @@ async fn remove(
     Ok(Json(MembershipView::from(&reply)))
 }
 
-/// A user's standing, as the page shows it.
-#[derive(Serialize)]
-struct StandingView {
-    user_id: u64,
-    username: String,
-    suspended: bool,
-    sales: u64,
-    strikes: u64,
-    active_listings: u64,
+/// A user, as the page shows it.
+fn user_view(u: &UserDetail) -> serde_json::Value {
+    json!({
+        "user_id": u.user_id,
+        "username": u.username,
+        "role": u.role,
+        "created_at_ms": u.created_at_ms,
+        "balance": format_signed(u.balance),
+        "held": format_amount(u.held),
+        "suspended": u.suspended,
+        "sales": u.sales,
+        "strikes": u.strikes,
+        "active_listings": u.active_listings,
+        "open_holds": u.open_holds,
+        "pending_proceeds": format_amount(u.pending_proceeds),
+        "last_login_ms": u.last_login_ms,
+        "delete_blocker": u.delete_blocker,
+    })
 }
 
-impl From<UserStanding> for StandingView {
-    fn from(s: UserStanding) -> Self {
-        Self {
-            user_id: s.user_id,
-            username: s.username,
-            suspended: s.suspended,
-            sales: s.sales,
-            strikes: s.strikes,
-            active_listings: s.active_listings,
-        }
-    }
+/// The user search's text.
+#[derive(Deserialize)]
+struct FindQuery {
+    #[serde(default)]
+    q: String,
 }
 
-async fn user_standing(
+async fn find_users(
+    Extension(session): Extension<Arc<WebSession>>,
+    Query(query): Query<FindQuery>,
+) -> ApiResult<serde_json::Value> {
+    let request = FindUsersRequest {
+        query: query.q.trim().to_owned(),
+        after_id: 0,
+        limit: FOUND_USERS,
+    };
+    let client = &session.client;
+    let page = client
+        .call_any(|channel| {
+            let mut admin = client.admin_on(channel);
+            let request = request.clone();
+            async move { admin.find_users(request).await.map(tonic::Response::into_inner) }
+        })
+        .await?;
+    let users: Vec<_> = page
+        .users
+        .iter()
+        .map(|u| {
+            json!({
+                "user_id": u.user_id,
+                "username": u.username,
+                "role": u.role,
+                "balance": format_signed(u.balance),
+                "suspended": u.suspended,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "users": users, "more": page.next_after_id != 0 })))
+}
+
+async fn show_user(
     Extension(session): Extension<Arc<WebSession>>,
     Path(name): Path<String>,
-) -> ApiResult<StandingView> {
+) -> ApiResult<serde_json::Value> {
     let name = canonical_username(&name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    Ok(Json(ledger::standing(&session.client, &name).await?.into()))
+    let detail = user_detail(&session.client, &name).await?;
+    Ok(Json(user_view(&detail)))
+}
+
+async fn user_detail(
+    client: &agora_peer::ClusterClient,
+    name: &str,
+) -> Result<UserDetail, ApiError> {
+    let request = ShowUserRequest {
+        username: name.to_owned(),
+    };
+    Ok(client
+        .call_any(|channel| {
+            let mut admin = client.admin_on(channel);
+            let request = request.clone();
+            async move { admin.show_user(request).await.map(tonic::Response::into_inner) }
+        })
+        .await?)
 }
 
 /// Suspend or unsuspend.
@@ -629,54 +777,76 @@ struct SuspensionBody {
     suspended: bool,
 }
 
+/// Suspends or reinstates the user; answers the user as it is after.
 async fn set_suspension(
     Extension(session): Extension<Arc<WebSession>>,
     Json(body): Json<SuspensionBody>,
-) -> ApiResult<StandingView> {
+) -> ApiResult<serde_json::Value> {
     let name = canonical_username(&body.username)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
     let standing =
         ledger::set_suspended(&session.client, &name, body.suspended, &new_request_id()).await?;
-    Ok(Json(standing.into()))
+    let mut detail = user_detail(&session.client, &name).await?;
+    // The read may land on a node a moment behind the write.
+    detail.suspended = standing.suspended;
+    Ok(Json(user_view(&detail)))
 }
 
-/// The commission, in basis points.
+fn settings_view(s: &Settings) -> serde_json::Value {
+    json!({
+        "commission_bps": s.commission_bps,
+        "hold_ttl_ms": s.hold_ttl_ms,
+        "dispute_window_ms": s.dispute_window_ms,
+        "argon2_memory_kib": s.argon2_memory_kib,
+        "argon2_iterations": s.argon2_iterations,
+        "argon2_parallelism": s.argon2_parallelism,
+        "index": s.index,
+    })
+}
+
+async fn settings(Extension(session): Extension<Arc<WebSession>>) -> ApiResult<serde_json::Value> {
+    let client = &session.client;
+    let settings = client
+        .call_any(|channel| {
+            let mut admin = client.admin_on(channel);
+            async move {
+                admin
+                    .get_settings(GetSettingsRequest {})
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await?;
+    Ok(Json(settings_view(&settings)))
+}
+
+/// One setting to change; the cluster checks the name and the range.
 #[derive(Deserialize)]
-struct CommissionBody {
-    bps: u32,
+struct SettingBody {
+    name: String,
+    value: String,
 }
 
-async fn set_commission(
+async fn set_setting(
     Extension(session): Extension<Arc<WebSession>>,
-    Json(body): Json<CommissionBody>,
+    Json(body): Json<SettingBody>,
 ) -> ApiResult<serde_json::Value> {
-    let reply = ledger::set_commission(&session.client, body.bps, &new_request_id()).await?;
-    Ok(Json(json!({ "bps": body.bps, "index": reply.index })))
-}
-
-/// The dispute window, in seconds.
-#[derive(Deserialize)]
-struct DisputeWindowBody {
-    secs: u64,
-}
-
-async fn set_dispute_window(
-    Extension(session): Extension<Arc<WebSession>>,
-    Json(body): Json<DisputeWindowBody>,
-) -> ApiResult<serde_json::Value> {
-    if body.secs > MAX_DISPUTE_WINDOW_SECS {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "the dispute window can be at most 90 days ({MAX_DISPUTE_WINDOW_SECS} seconds); {} is too long",
-                body.secs
-            ),
-        ));
-    }
-    let window = Duration::from_secs(body.secs);
-    let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    let reply = ledger::set_dispute_window(&session.client, window_ms, &new_request_id()).await?;
-    Ok(Json(json!({ "secs": body.secs, "index": reply.index })))
+    let request = SetSettingRequest {
+        request_id: Some(AdminRequestId {
+            id: new_request_id(),
+        }),
+        name: body.name.trim().to_owned(),
+        value: body.value.trim().to_owned(),
+    };
+    let client = &session.client;
+    let settings = client
+        .call_leader(|channel| {
+            let mut admin = client.admin_on(channel);
+            let request = request.clone();
+            async move { admin.set_setting(request).await.map(tonic::Response::into_inner) }
+        })
+        .await?;
+    Ok(Json(settings_view(&settings)))
 }
 
 #[cfg(test)]

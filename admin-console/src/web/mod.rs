@@ -56,6 +56,8 @@ pub struct AppState {
     sessions: SessionStore,
     /// The charts' samples and the observed events.
     history: Arc<History>,
+    /// The cluster's event log, read incrementally.
+    events: api::EventCache,
 }
 
 impl Serve {
@@ -77,6 +79,7 @@ impl Serve {
             client,
             sessions: SessionStore::default(),
             history: Arc::new(History::default()),
+            events: api::EventCache::default(),
         });
         serve(listener, state, targets, shutdown_signal()).await?;
         println!("stopped");

@@ -73,6 +73,7 @@ function showDashboard(username) {
   loop(refreshOverview, POLL_OVERVIEW_MS);
   loop(refreshHistory, POLL_HISTORY_MS);
   loop(refreshAudit, POLL_AUDIT_MS);
+  refreshSettings().catch(() => {});
 }
 
 // Runs `task` now and again `every` ms after it finishes (never two at once).
@@ -109,8 +110,9 @@ async function refreshOverview() {
     }[state];
     const cells = node.reachable
       ? [node.addr, node.role + (node.voter === false ? " (learner)" : ""), node.term, node.last_log_index,
-         node.committed_index, node.applied_index, node.lag == null ? "–" : node.lag, node.uptime, node.version]
-      : [node.addr, "unreachable", "–", "–", "–", "–", node.lag == null ? "–" : node.lag, "–", "–"];
+         node.committed_index, node.applied_index, node.lag == null ? "–" : node.lag,
+         node.requests_per_sec.toFixed(1), bytes(node.db_bytes), node.uptime, node.version]
+      : [node.addr, "unreachable", "–", "–", "–", "–", node.lag == null ? "–" : node.lag, "–", "–", "–", "–"];
     const tr = el("tr", { "data-node-id": node.id, "data-state": state, class: state === "ok" ? "" : state },
       el("td", {}, node.leader ? "★ " : "", "node " + node.id),
       ...cells.map((c) => el("td", {}, c)),
@@ -135,10 +137,16 @@ async function refreshHistory() {
   drawChart("chart-requests", points, (p) => p.requests_per_sec, (v) => v.toFixed(1) + " req/s");
   drawChart("chart-commits", points, (p) => p.commits_per_sec, (v) => v.toFixed(1) + " commits/s");
   drawChart("chart-lag", points, (p) => p.max_lag, (v) => Math.round(v) + " entries");
-  const list = events.observed.slice(0, 100).map((event) =>
+  const cluster = events.cluster.map((event) =>
+    el("li", { "data-kind": event.kind },
+      el("time", {}, new Date(event.time_ms).toLocaleString()),
+      el("span", { class: "kind" }, event.kind), "node " + event.node_id + ": " + event.message));
+  $("events").replaceChildren(...(cluster.length ? cluster : [el("li", { class: "muted" }, "nothing recorded yet")]));
+  $("events-error").textContent = events.cluster_error || "";
+  const observed = events.observed.slice(0, 50).map((event) =>
     el("li", { "data-node-id": event.node_id == null ? "" : event.node_id },
       el("time", {}, new Date(event.at_ms).toLocaleTimeString()), event.text));
-  $("events").replaceChildren(...(list.length ? list : [el("li", { class: "muted" }, "nothing yet")]));
+  $("observed").replaceChildren(...(observed.length ? observed : [el("li", { class: "muted" }, "nothing yet")]));
 }
 
 // A line chart of the last CHART_WINDOW_MS; gaps where `value` is null.
@@ -175,6 +183,14 @@ function drawChart(id, points, value, format) {
   svg.replaceChildren(...parts);
   const last = values.length ? values[values.length - 1] : null;
   $(id + "-now").textContent = (last == null ? "no data" : "now " + format(last)) + " · last 10 min";
+}
+
+function bytes(n) {
+  if (n < 1024) return n + " B";
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let v = n, i = -1;
+  do { v /= 1024; i++; } while (v >= 1024 && i < units.length - 1);
+  return v.toFixed(v >= 10 ? 0 : 1) + " " + units[i];
 }
 
 function niceMax(v) {
@@ -218,8 +234,9 @@ async function refreshAudit() {
 
 function formValues(form) {
   const out = {};
-  for (const input of form.querySelectorAll("input")) {
+  for (const input of form.querySelectorAll("input, select")) {
     if (input.type === "checkbox") out[input.name] = input.checked;
+    else if (input.tagName === "SELECT") out[input.name] = input.value;
     else if (input.type === "number") out[input.name] = Number(input.value);
     else out[input.name] = input.value.trim();
   }
@@ -254,25 +271,56 @@ const membersText = (verb) => (answer, values) =>
   answer.members.map((m) => m.id + (m.voter ? "" : " (learner)")).join(", ");
 
 let shownUser = null;
-function showUser(standing) {
-  shownUser = standing.username;
+function showUser(user) {
+  shownUser = user.username;
   $("user-card").hidden = false;
+  const facts = [
+    "balance " + user.balance + ", held " + user.held + ", pending proceeds " + user.pending_proceeds,
+    user.sales + " sale(s), " + user.strikes + " lost dispute(s), " + user.active_listings + " listing(s) on sale, " + user.open_holds + " open hold(s)",
+    "registered " + new Date(user.created_at_ms).toLocaleString() + (user.last_login_ms ? ", last login " + new Date(user.last_login_ms).toLocaleString() : ", never logged in"),
+  ];
+  if (user.delete_blocker) facts.push("cannot be deleted: " + user.delete_blocker);
   $("user-info").replaceChildren(
-    el("strong", {}, standing.username), " (user " + standing.user_id + ") ",
-    standing.suspended ? badge("bad", "suspended") : badge("ok", "in good standing"),
-    el("div", { class: "muted" }, standing.sales + " sale(s), " + standing.strikes + " lost dispute(s), " + standing.active_listings + " listing(s) on sale"));
+    el("strong", {}, user.username), " (user " + user.user_id + ", " + user.role + ") ",
+    user.suspended ? badge("bad", "suspended") : badge("ok", "in good standing"),
+    ...facts.map((f) => el("div", { class: "muted" }, f)));
+}
+
+async function openUser(name) {
+  try {
+    showUser(await api("GET", "/api/users/" + encodeURIComponent(name)));
+    report("users-result", true, "");
+  } catch (err) {
+    $("user-card").hidden = true;
+    shownUser = null;
+    if (!(err instanceof SignedOut)) report("users-result", false, err.message);
+  }
 }
 
 async function setSuspended(suspended) {
   if (!shownUser) return;
   try {
-    const standing = await api("POST", "/api/suspension", { username: shownUser, suspended });
-    showUser(standing);
-    report("users-result", true, standing.username + (suspended ? " is suspended" : " is no longer suspended"));
+    const user = await api("POST", "/api/suspension", { username: shownUser, suspended });
+    showUser(user);
+    report("users-result", true, user.username + (suspended ? " is suspended" : " is no longer suspended"));
   } catch (err) {
     if (!(err instanceof SignedOut)) report("users-result", false, err.message);
   }
 }
+
+function showSettings(s) {
+  const rows = [
+    ["commission_bps", s.commission_bps + " (" + (s.commission_bps / 100).toFixed(2) + "%)"],
+    ["hold_ttl_ms", s.hold_ttl_ms + " (" + Math.round(s.hold_ttl_ms / 1000) + " s)"],
+    ["dispute_window_ms", s.dispute_window_ms + " (" + Math.round(s.dispute_window_ms / 1000) + " s)"],
+    ["argon2_memory_kib", s.argon2_memory_kib],
+    ["argon2_iterations", s.argon2_iterations],
+    ["argon2_parallelism", s.argon2_parallelism],
+  ];
+  $("settings-body").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("td", { class: "muted" }, k), el("td", {}, v))));
+}
+
+async function refreshSettings() { showSettings(await api("GET", "/api/settings")); }
 
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", async (event) => {
@@ -301,19 +349,27 @@ document.addEventListener("DOMContentLoaded", () => {
   action("form-promote", "/api/members/promote", "members-result", membersText("is a voter"));
   action("form-remove", "/api/members/remove", "members-result", membersText("was removed"),
     (v) => "Remove node " + v.id + " from the cluster?");
-  action("form-commission", "/api/settings/commission", "settings-result",
-    (a) => "commission set to " + a.bps + " bps (entry " + a.index + ")");
-  action("form-dispute", "/api/settings/dispute-window", "settings-result",
-    (a) => "dispute window set to " + a.secs + " s (entry " + a.index + ")");
+  action("form-setting", "/api/settings", "settings-result", (a, v) => {
+    showSettings(a);
+    return v.name + " set to " + v.value + " (entry " + a.index + ")";
+  });
   $("form-user").addEventListener("submit", async (event) => {
     event.preventDefault();
-    const name = formValues(event.target).username;
+    const q = formValues(event.target).q;
     try {
-      showUser(await api("GET", "/api/users/" + encodeURIComponent(name)));
-      report("users-result", true, "");
+      const found = await api("GET", "/api/users?q=" + encodeURIComponent(q));
+      const rows = found.users.map((u) => {
+        const tr = el("tr", { class: "pick", "data-user": u.username },
+          el("td", {}, u.username), el("td", {}, u.role), el("td", {}, u.balance),
+          el("td", {}, u.suspended ? badge("bad", "suspended") : badge("ok", "ok")));
+        tr.addEventListener("click", () => openUser(u.username));
+        return tr;
+      });
+      $("users-found-body").replaceChildren(...rows);
+      $("users-found").hidden = rows.length === 0;
+      report("users-result", rows.length > 0, rows.length ? (found.more ? "first " + rows.length + " shown; click one" : "click one") : "nobody matches");
+      if (rows.length === 1) openUser(found.users[0].username);
     } catch (err) {
-      $("user-card").hidden = true;
-      shownUser = null;
       if (!(err instanceof SignedOut)) report("users-result", false, err.message);
     }
   });
