@@ -143,6 +143,191 @@ async fn call(
     })
 }
 
+/// GETs `url` and answers its body as text.
+async fn fetch_text(http: &HttpClient, url: &str) -> anyhow::Result<String> {
+    let request = Request::get(url).body(Full::new(Bytes::new()))?;
+    let response = tokio::time::timeout(HTTP_TIMEOUT, http.request(request))
+        .await
+        .with_context(|| format!("{url} did not answer in time"))??;
+    ensure!(response.status() == StatusCode::OK, "{url}: {}", response.status());
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok(String::from_utf8(bytes.to_vec())?)
+}
+
+/// Checks a page against the Prometheus text exposition format (0.0.4)
+/// as strictly as Prometheus parses it: well-formed names, labels and
+/// values; one `# TYPE` per family, before its samples; each family's
+/// lines together; no series twice; counters not negative; histograms
+/// with `le` buckets that grow up to a `+Inf` bucket equal to `_count`.
+/// Answers the families seen.
+fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn valid_name(name: &str, colons: bool) -> bool {
+        let mut chars = name.chars();
+        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':'))
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colons && c == ':'))
+    }
+    fn parse_value(text: &str) -> Option<f64> {
+        match text {
+            "+Inf" => Some(f64::INFINITY),
+            "-Inf" => Some(f64::NEG_INFINITY),
+            "NaN" => Some(f64::NAN),
+            other => other.parse().ok(),
+        }
+    }
+    /// `{a="x",b="y"}` into pairs; None when malformed.
+    fn parse_labels(text: &str) -> Option<Vec<(String, String)>> {
+        let mut labels = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let eq = rest.find('=')?;
+            let name = &rest[..eq];
+            if !valid_name(name, false) || name.starts_with("__") {
+                return None;
+            }
+            let mut value = String::new();
+            let mut chars = rest[eq + 1..].char_indices();
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut end = None;
+            let mut escaped = false;
+            for (i, c) in chars {
+                if escaped {
+                    match c {
+                        '\\' | '"' => value.push(c),
+                        'n' => value.push('\n'),
+                        _ => return None,
+                    }
+                    escaped = false;
+                } else if c == '\\' {
+                    escaped = true;
+                } else if c == '"' {
+                    end = Some(eq + 1 + i);
+                    break;
+                } else {
+                    value.push(c);
+                }
+            }
+            let end = end?;
+            labels.push((name.to_owned(), value));
+            rest = &rest[end + 1..];
+            rest = rest.strip_prefix(',').unwrap_or(rest);
+        }
+        Some(labels)
+    }
+
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    let mut series: BTreeSet<String> = BTreeSet::new();
+    // Histogram family -> label set (without le) -> (buckets, count).
+    let mut histograms: BTreeMap<String, BTreeMap<String, (Vec<(f64, f64)>, Option<f64>)>> =
+        BTreeMap::new();
+    for (n, line) in page.lines().enumerate() {
+        let at = || format!("line {}: {line:?}", n + 1);
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix('#') {
+            let words: Vec<&str> = comment.split_whitespace().collect();
+            if words.first() == Some(&"TYPE") {
+                let [_, name, kind] = words[..] else { bail!("{}: a malformed TYPE", at()) };
+                ensure!(valid_name(name, true), "{}: a bad metric name", at());
+                ensure!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "{}: unknown type",
+                    at()
+                );
+                ensure!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{}: a second TYPE for {name}",
+                    at()
+                );
+                ensure!(!finished.contains(name), "{}: TYPE after {name}'s samples", at());
+            }
+            continue;
+        }
+        let (name, labels, rest) = match line.find('{') {
+            Some(open) => {
+                let close = line.rfind('}').with_context(at)?;
+                let labels = parse_labels(&line[open + 1..close])
+                    .with_context(|| format!("{}: malformed labels", at()))?;
+                (&line[..open], labels, &line[close + 1..])
+            }
+            None => {
+                let space = line.find(' ').with_context(at)?;
+                (&line[..space], Vec::new(), &line[space..])
+            }
+        };
+        ensure!(valid_name(name, true), "{}: a bad metric name", at());
+        let mut fields = rest.split_whitespace();
+        let value = fields
+            .next()
+            .and_then(parse_value)
+            .with_context(|| format!("{}: no value", at()))?;
+        if let Some(timestamp) = fields.next() {
+            ensure!(timestamp.parse::<i64>().is_ok(), "{}: a bad timestamp", at());
+        }
+        ensure!(fields.next().is_none(), "{}: trailing text", at());
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| matches!(types.get(*base).map(String::as_str), Some("histogram" | "summary")))
+            })
+            .unwrap_or(name)
+            .to_owned();
+        if current.as_deref() != Some(family.as_str()) {
+            ensure!(!finished.contains(&family), "{}: {family}'s lines are not together", at());
+            if let Some(previous) = current.replace(family.clone()) {
+                finished.insert(previous);
+            }
+        }
+        let mut sorted = labels.clone();
+        sorted.sort();
+        ensure!(series.insert(format!("{name}{sorted:?}")), "{}: the same series twice", at());
+        let kind = types.get(&family).map_or("untyped", String::as_str);
+        if kind == "counter" {
+            ensure!(value >= 0.0, "{}: a negative counter", at());
+        }
+        if kind == "histogram" {
+            let key = format!("{:?}", sorted.iter().filter(|(k, _)| k != "le").collect::<Vec<_>>());
+            let entry = histograms.entry(family.clone()).or_default().entry(key).or_default();
+            if name.ends_with("_bucket") {
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .and_then(|(_, v)| parse_value(v))
+                    .with_context(|| format!("{}: a bucket without le", at()))?;
+                entry.0.push((le, value));
+            } else if name.ends_with("_count") {
+                entry.1 = Some(value);
+            }
+        }
+    }
+    for (family, sets) in &histograms {
+        for (labels, (buckets, count)) in sets {
+            let mut sorted = buckets.clone();
+            sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ensure!(
+                sorted.windows(2).all(|w| w[0].1 <= w[1].1),
+                "{family}{labels}: bucket counts go down"
+            );
+            let inf = sorted
+                .last()
+                .filter(|(le, _)| le.is_infinite())
+                .with_context(|| format!("{family}{labels}: no +Inf bucket"))?;
+            ensure!(Some(inf.1) == *count, "{family}{labels}: +Inf bucket differs from _count");
+        }
+    }
+    if let Some(last) = current {
+        finished.insert(last);
+    }
+    Ok(finished)
+}
+
 /// `target/test-artifacts`, beside the running test's profile directory.
 fn artifacts_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
@@ -309,6 +494,29 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         standing.status == StatusCode::OK && standing.body["suspended"] == false,
         "{}",
         standing.body
+    );
+
+    // Every node's /metrics page is what Prometheus accepts, and the
+    // shipped scrape configuration exists.
+    for id in cluster.node_ids() {
+        let addr = cluster
+            .node(id)?
+            .metrics_addr
+            .clone()
+            .with_context(|| format!("node {id} announced no metrics address"))?;
+        let page = fetch_text(&http, &format!("http://{addr}/metrics")).await?;
+        let families = check_exposition(&page)
+            .with_context(|| format!("node {id}'s /metrics is not valid Prometheus text"))?;
+        for wanted in ["agora_raft_term", "agora_raft_is_leader", "agora_rpc_requests_total"] {
+            ensure!(families.contains(wanted), "node {id}'s /metrics lacks {wanted}");
+        }
+    }
+    let scrape_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml");
+    let scrape_config = std::fs::read_to_string(&scrape_config)
+        .with_context(|| format!("{} is missing", scrape_config.display()))?;
+    ensure!(
+        scrape_config.contains("metrics_path: /metrics"),
+        "deploy/prometheus.yml does not scrape /metrics"
     );
 
     // The browser.
@@ -480,5 +688,27 @@ fn wait_page<T>(
             bail!("the page did not show {what} within {PAGE_TIMEOUT:?}; the table: {table}");
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_exposition_check_catches_what_prometheus_refuses() {
+    let good = "# TYPE a_total counter\na_total{m=\"x\\\"y\"} 3\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\nh_sum 0.5\nh_count 2\ng 1.5e3\n";
+    let families = check_exposition(good).expect("a valid page");
+    assert_eq!(
+        families.into_iter().collect::<Vec<_>>(),
+        ["a_total", "g", "h"]
+    );
+    for bad in [
+        "a{m=\"x\"} 1\na{m=\"x\"} 2\n",                  // the same series twice
+        "a 1\nb 1\na 2\n",                               // a family split up
+        "# TYPE a counter\na -1\n",                      // a negative counter
+        "a{m=x} 1\n",                                    // an unquoted label value
+        "9a 1\n",                                        // a bad name
+        "a one\n",                                       // not a number
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\n", // no +Inf bucket
+        "# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_count 2\n",
+    ] {
+        assert!(check_exposition(bad).is_err(), "accepted {bad:?}");
     }
 }

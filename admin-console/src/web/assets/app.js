@@ -7,6 +7,7 @@ const POLL_OVERVIEW_MS = 1000;
 const POLL_HISTORY_MS = 2000;
 const POLL_AUDIT_MS = 15000;
 const CHART_WINDOW_MS = 10 * 60 * 1000;
+const CHART_MIN_SPAN_MS = 60 * 1000;
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -153,12 +154,16 @@ async function refreshHistory() {
 function drawChart(id, points, value, format) {
   const svg = $(id);
   const W = 400, H = 150, PAD = 14;
+  // The last CHART_WINDOW_MS, or less while the console has less history
+  // (a chart that fills the width reads better than a sliver at its edge).
   const now = points.length ? points[points.length - 1].at_ms : Date.now();
-  const start = now - CHART_WINDOW_MS;
+  const first = points.length ? points[0].at_ms : now;
+  const span = Math.min(CHART_WINDOW_MS, Math.max(CHART_MIN_SPAN_MS, now - first));
+  const start = now - span;
   const shown = points.filter((p) => p.at_ms >= start);
   const values = shown.map(value).filter((v) => v != null);
   const top = niceMax(Math.max(1, ...values));
-  const x = (t) => ((t - start) / CHART_WINDOW_MS) * W;
+  const x = (t) => ((t - start) / span) * W;
   const y = (v) => H - PAD - (v / top) * (H - 2 * PAD);
   const parts = [];
   for (const frac of [0, 0.5, 1]) {
@@ -182,7 +187,12 @@ function drawChart(id, points, value, format) {
   }
   svg.replaceChildren(...parts);
   const last = values.length ? values[values.length - 1] : null;
-  $(id + "-now").textContent = (last == null ? "no data" : "now " + format(last)) + " · last 10 min";
+  $(id + "-now").textContent = (last == null ? "no data" : "now " + format(last)) + " · last " + describeSpan(span);
+}
+
+function describeSpan(ms) {
+  const s = Math.round(ms / 1000);
+  return s < 120 ? s + " s" : Math.round(s / 60) + " min";
 }
 
 function bytes(n) {
