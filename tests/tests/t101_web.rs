@@ -143,6 +143,56 @@ async fn call(
     })
 }
 
+/// The Grafana dashboard shipped in `deploy/grafana/` must be JSON with
+/// panels, and every `agora_*` metric its queries name must exist: on a
+/// node's page now, or (metrics that appear with their first event, like
+/// audit failures) in the server's source.
+fn check_grafana_dashboard(seen: &std::collections::BTreeSet<String>) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let path = root.join("deploy/grafana/agora-dashboard.json");
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("{} is missing", path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", path.display()))?;
+    let panels = dashboard["panels"].as_array().context("the dashboard has no panels")?;
+    ensure!(!panels.is_empty(), "the dashboard has no panels");
+    let mut source = String::new();
+    let mut dirs = vec![root.join("server/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(&path)?);
+            }
+        }
+    }
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let targets = panel["targets"].as_array().context("a panel without targets")?;
+        for target in targets {
+            let expr = target["expr"].as_str().context("a target without expr")?;
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if !word.starts_with("agora_") {
+                    continue;
+                }
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| word.strip_suffix(suffix))
+                    .unwrap_or(word);
+                ensure!(
+                    seen.contains(word)
+                        || seen.contains(family)
+                        || source.contains(&format!("\"{family}\"")),
+                    "panel {title:?} queries {word}, which no node exports"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// GETs `url` and answers its body as text.
 async fn fetch_text(http: &HttpClient, url: &str) -> anyhow::Result<String> {
     let request = Request::get(url).body(Full::new(Bytes::new()))?;
@@ -498,6 +548,7 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
 
     // Every node's /metrics page is what Prometheus accepts, and the
     // shipped scrape configuration exists.
+    let mut seen_families = std::collections::BTreeSet::new();
     for id in cluster.node_ids() {
         let addr = cluster
             .node(id)?
@@ -510,7 +561,9 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         for wanted in ["agora_raft_term", "agora_raft_is_leader", "agora_rpc_requests_total"] {
             ensure!(families.contains(wanted), "node {id}'s /metrics lacks {wanted}");
         }
+        seen_families.extend(families);
     }
+    check_grafana_dashboard(&seen_families)?;
     let scrape_config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus.yml");
     let scrape_config = std::fs::read_to_string(&scrape_config)
         .with_context(|| format!("{} is missing", scrape_config.display()))?;
