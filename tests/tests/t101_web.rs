@@ -151,10 +151,13 @@ fn check_grafana_dashboard(seen: &std::collections::BTreeSet<String>) -> anyhow:
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let path = root.join("deploy/grafana/agora-dashboard.json");
     let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("{} is missing", path.display()))?,
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("{} is missing", path.display()))?,
     )
     .with_context(|| format!("{} is not JSON", path.display()))?;
-    let panels = dashboard["panels"].as_array().context("the dashboard has no panels")?;
+    let panels = dashboard["panels"]
+        .as_array()
+        .context("the dashboard has no panels")?;
     ensure!(!panels.is_empty(), "the dashboard has no panels");
     let mut source = String::new();
     let mut dirs = vec![root.join("server/src")];
@@ -170,7 +173,9 @@ fn check_grafana_dashboard(seen: &std::collections::BTreeSet<String>) -> anyhow:
     }
     for panel in panels {
         let title = panel["title"].as_str().unwrap_or("?");
-        let targets = panel["targets"].as_array().context("a panel without targets")?;
+        let targets = panel["targets"]
+            .as_array()
+            .context("a panel without targets")?;
         for target in targets {
             let expr = target["expr"].as_str().context("a target without expr")?;
             for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
@@ -199,7 +204,11 @@ async fn fetch_text(http: &HttpClient, url: &str) -> anyhow::Result<String> {
     let response = tokio::time::timeout(HTTP_TIMEOUT, http.request(request))
         .await
         .with_context(|| format!("{url} did not answer in time"))??;
-    ensure!(response.status() == StatusCode::OK, "{url}: {}", response.status());
+    ensure!(
+        response.status() == StatusCode::OK,
+        "{url}: {}",
+        response.status()
+    );
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8(bytes.to_vec())?)
 }
@@ -215,7 +224,9 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
 
     fn valid_name(name: &str, colons: bool) -> bool {
         let mut chars = name.chars();
-        chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':'))
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colons && c == ':'))
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colons && c == ':'))
     }
     fn parse_value(text: &str) -> Option<f64> {
@@ -283,7 +294,9 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
         if let Some(comment) = line.strip_prefix('#') {
             let words: Vec<&str> = comment.split_whitespace().collect();
             if words.first() == Some(&"TYPE") {
-                let [_, name, kind] = words[..] else { bail!("{}: a malformed TYPE", at()) };
+                let [_, name, kind] = words[..] else {
+                    bail!("{}: a malformed TYPE", at())
+                };
                 ensure!(valid_name(name, true), "{}: a bad metric name", at());
                 ensure!(
                     ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
@@ -295,7 +308,11 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
                     "{}: a second TYPE for {name}",
                     at()
                 );
-                ensure!(!finished.contains(name), "{}: TYPE after {name}'s samples", at());
+                ensure!(
+                    !finished.contains(name),
+                    "{}: TYPE after {name}'s samples",
+                    at()
+                );
             }
             continue;
         }
@@ -318,33 +335,56 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
             .and_then(parse_value)
             .with_context(|| format!("{}: no value", at()))?;
         if let Some(timestamp) = fields.next() {
-            ensure!(timestamp.parse::<i64>().is_ok(), "{}: a bad timestamp", at());
+            ensure!(
+                timestamp.parse::<i64>().is_ok(),
+                "{}: a bad timestamp",
+                at()
+            );
         }
         ensure!(fields.next().is_none(), "{}: trailing text", at());
         let family = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|suffix| {
-                name.strip_suffix(suffix)
-                    .filter(|base| matches!(types.get(*base).map(String::as_str), Some("histogram" | "summary")))
+                name.strip_suffix(suffix).filter(|base| {
+                    matches!(
+                        types.get(*base).map(String::as_str),
+                        Some("histogram" | "summary")
+                    )
+                })
             })
             .unwrap_or(name)
             .to_owned();
         if current.as_deref() != Some(family.as_str()) {
-            ensure!(!finished.contains(&family), "{}: {family}'s lines are not together", at());
+            ensure!(
+                !finished.contains(&family),
+                "{}: {family}'s lines are not together",
+                at()
+            );
             if let Some(previous) = current.replace(family.clone()) {
                 finished.insert(previous);
             }
         }
         let mut sorted = labels.clone();
         sorted.sort();
-        ensure!(series.insert(format!("{name}{sorted:?}")), "{}: the same series twice", at());
+        ensure!(
+            series.insert(format!("{name}{sorted:?}")),
+            "{}: the same series twice",
+            at()
+        );
         let kind = types.get(&family).map_or("untyped", String::as_str);
         if kind == "counter" {
             ensure!(value >= 0.0, "{}: a negative counter", at());
         }
         if kind == "histogram" {
-            let key = format!("{:?}", sorted.iter().filter(|(k, _)| k != "le").collect::<Vec<_>>());
-            let entry = histograms.entry(family.clone()).or_default().entry(key).or_default();
+            let key = format!(
+                "{:?}",
+                sorted.iter().filter(|(k, _)| k != "le").collect::<Vec<_>>()
+            );
+            let entry = histograms
+                .entry(family.clone())
+                .or_default()
+                .entry(key)
+                .or_default();
             if name.ends_with("_bucket") {
                 let le = labels
                     .iter()
@@ -369,7 +409,10 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
                 .last()
                 .filter(|(le, _)| le.is_infinite())
                 .with_context(|| format!("{family}{labels}: no +Inf bucket"))?;
-            ensure!(Some(inf.1) == *count, "{family}{labels}: +Inf bucket differs from _count");
+            ensure!(
+                Some(inf.1) == *count,
+                "{family}{labels}: +Inf bucket differs from _count"
+            );
         }
     }
     if let Some(last) = current {
@@ -429,7 +472,11 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         false,
     )
     .await?;
-    ensure!(forged.status == StatusCode::UNAUTHORIZED, "a forged cookie: {}", forged.status);
+    ensure!(
+        forged.status == StatusCode::UNAUTHORIZED,
+        "a forged cookie: {}",
+        forged.status
+    );
 
     // A POST without the dashboard's header is refused before anything runs.
     let login_body = json!({ "username": ADMIN, "password": ADMIN_PASSWORD });
@@ -498,7 +545,12 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         true,
     )
     .await?;
-    ensure!(signed.status == StatusCode::OK, "the admin's sign-in: {} {}", signed.status, signed.body);
+    ensure!(
+        signed.status == StatusCode::OK,
+        "the admin's sign-in: {} {}",
+        signed.status,
+        signed.body
+    );
     let set_cookie = signed.set_cookie.context("no session cookie")?;
     ensure!(
         set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
@@ -509,15 +561,27 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         .next()
         .context("an empty cookie")?
         .to_owned();
-    let overview = call(&http, &console, Method::GET, "/api/overview", Some(&cookie), None, false)
-        .await?;
+    let overview = call(
+        &http,
+        &console,
+        Method::GET,
+        "/api/overview",
+        Some(&cookie),
+        None,
+        false,
+    )
+    .await?;
     ensure!(overview.status == StatusCode::OK, "{}", overview.body);
     ensure!(
         overview.body["nodes"].as_array().map(Vec::len) == Some(3),
         "{}",
         overview.body
     );
-    ensure!(overview.body["leader_id"].as_u64().is_some(), "{}", overview.body);
+    ensure!(
+        overview.body["leader_id"].as_u64().is_some(),
+        "{}",
+        overview.body
+    );
     // A signed-in browser still cannot POST without the header.
     let csrf = call(
         &http,
@@ -529,7 +593,11 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         false,
     )
     .await?;
-    ensure!(csrf.status == StatusCode::FORBIDDEN, "a POST without the header: {}", csrf.status);
+    ensure!(
+        csrf.status == StatusCode::FORBIDDEN,
+        "a POST without the header: {}",
+        csrf.status
+    );
     let standing = call(
         &http,
         &console,
@@ -558,8 +626,15 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         let page = fetch_text(&http, &format!("http://{addr}/metrics")).await?;
         let families = check_exposition(&page)
             .with_context(|| format!("node {id}'s /metrics is not valid Prometheus text"))?;
-        for wanted in ["agora_raft_term", "agora_raft_is_leader", "agora_rpc_requests_total"] {
-            ensure!(families.contains(wanted), "node {id}'s /metrics lacks {wanted}");
+        for wanted in [
+            "agora_raft_term",
+            "agora_raft_is_leader",
+            "agora_rpc_requests_total",
+        ] {
+            ensure!(
+                families.contains(wanted),
+                "node {id}'s /metrics lacks {wanted}"
+            );
         }
         seen_families.extend(families);
     }
@@ -602,7 +677,10 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         .await??
     };
     let leader = cluster.wait_for_leader(None).await?;
-    ensure!(seen_leader == leader, "the page says node {seen_leader} leads, the cluster says {leader}");
+    ensure!(
+        seen_leader == leader,
+        "the page says node {seen_leader} leads, the cluster says {leader}"
+    );
 
     let victim = cluster
         .node_ids()
@@ -631,13 +709,18 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
                 )?;
                 Ok((kinds != "0").then_some(()))
             })?;
-            wait_page(&tab, "the event of the node that stopped answering", |tab| {
-                let text = eval_string(tab, "document.getElementById('observed').innerText")?;
-                Ok(text
-                    .contains(&format!("node {victim} stopped answering"))
-                    .then_some(()))
-            })?;
-            let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
+            wait_page(
+                &tab,
+                "the event of the node that stopped answering",
+                |tab| {
+                    let text = eval_string(tab, "document.getElementById('observed').innerText")?;
+                    Ok(text
+                        .contains(&format!("node {victim} stopped answering"))
+                        .then_some(()))
+                },
+            )?;
+            let png =
+                tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
             std::fs::write(&artifact, png)?;
             Ok(())
         })
@@ -737,7 +820,9 @@ fn wait_page<T>(
             return Ok(value);
         }
         if Instant::now() > deadline {
-            let table = table_states(tab).map(|t| format!("{t:?}")).unwrap_or_default();
+            let table = table_states(tab)
+                .map(|t| format!("{t:?}"))
+                .unwrap_or_default();
             bail!("the page did not show {what} within {PAGE_TIMEOUT:?}; the table: {table}");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -753,12 +838,12 @@ fn the_exposition_check_catches_what_prometheus_refuses() {
         ["a_total", "g", "h"]
     );
     for bad in [
-        "a{m=\"x\"} 1\na{m=\"x\"} 2\n",                  // the same series twice
-        "a 1\nb 1\na 2\n",                               // a family split up
-        "# TYPE a counter\na -1\n",                      // a negative counter
-        "a{m=x} 1\n",                                    // an unquoted label value
-        "9a 1\n",                                        // a bad name
-        "a one\n",                                       // not a number
+        "a{m=\"x\"} 1\na{m=\"x\"} 2\n", // the same series twice
+        "a 1\nb 1\na 2\n",              // a family split up
+        "# TYPE a counter\na -1\n",     // a negative counter
+        "a{m=x} 1\n",                   // an unquoted label value
+        "9a 1\n",                       // a bad name
+        "a one\n",                      // not a number
         "# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_count 1\n", // no +Inf bucket
         "# TYPE h histogram\nh_bucket{le=\"1\"} 3\nh_bucket{le=\"+Inf\"} 2\nh_count 2\n",
     ] {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use agora_peer::{account, describe_status, ledger, new_request_id, ClientError};
 use agora_proto::admin::{
-    AddLearnerRequest, AdminRequestId, Event, EventsRequest, FindUsersRequest,
-    GetSettingsRequest, Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest,
-    SetSettingRequest, Settings, ShowUserRequest, UserDetail,
+    AddLearnerRequest, AdminRequestId, Event, EventsRequest, FindUsersRequest, GetSettingsRequest,
+    Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest, SetSettingRequest, Settings,
+    ShowUserRequest, UserDetail,
 };
 use agora_proto::amount::{format_amount, format_signed};
 use agora_proto::auth::{canonical_username, Role};
@@ -66,9 +66,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/users/:name", get(show_user))
         .route("/api/suspension", post(set_suspension))
         .route("/api/settings", get(settings).post(set_setting))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_session));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_session,
+        ));
     Router::new()
-        .route("/", get(|| asset("text/html; charset=utf-8", super::INDEX_HTML)))
+        .route(
+            "/",
+            get(|| asset("text/html; charset=utf-8", super::INDEX_HTML)),
+        )
         .route(
             "/app.js",
             get(|| asset("text/javascript; charset=utf-8", super::APP_JS)),
@@ -169,7 +175,10 @@ async fn guard(request: Request, next: Next) -> Response {
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
         ),
     );
-    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     response
 }
 
@@ -357,21 +366,23 @@ pub fn overview_of(
     let term = statuses.iter().map(|s| s.term).max().unwrap_or(0);
     let members: Vec<Member> = leader
         .map(|s| s.members.clone())
-        .or_else(|| statuses.iter().max_by_key(|s| s.term).map(|s| s.members.clone()))
+        .or_else(|| {
+            statuses
+                .iter()
+                .max_by_key(|s| s.term)
+                .map(|s| s.members.clone())
+        })
         .unwrap_or_default();
     let leader_committed = leader.map(|s| s.committed_index);
     let nodes = answers
         .iter()
         .map(|(id, addr, result)| match result {
             Ok(status) => {
-                let lag = leader.and_then(|l| {
-                    l.replication
-                        .iter()
-                        .find(|r| r.id == *id)
-                        .map(|r| r.lag)
+                let lag =
+                    leader.and_then(|l| l.replication.iter().find(|r| r.id == *id).map(|r| r.lag));
+                let behind = leader_committed.map_or(0, |committed| {
+                    committed.saturating_sub(status.applied_index)
                 });
-                let behind = leader_committed
-                    .map_or(0, |committed| committed.saturating_sub(status.applied_index));
                 NodeRow {
                     id: *id,
                     addr: addr.clone(),
@@ -401,12 +412,7 @@ pub fn overview_of(
                 reachable: false,
                 error: Some(describe_status(status)),
                 role: "unreachable".to_owned(),
-                lag: leader.and_then(|l| {
-                    l.replication
-                        .iter()
-                        .find(|r| r.id == *id)
-                        .map(|r| r.lag)
-                }),
+                lag: leader.and_then(|l| l.replication.iter().find(|r| r.id == *id).map(|r| r.lag)),
                 voter: members.iter().find(|m| m.id == *id).map(|m| m.voter),
                 ..NodeRow::default()
             },
@@ -438,13 +444,7 @@ async fn overview(Extension(session): Extension<Arc<WebSession>>) -> ApiResult<O
     }
     let rows = answers
         .into_iter()
-        .map(|(id, result)| {
-            (
-                id,
-                session.client.node_addr(id).unwrap_or_default(),
-                result,
-            )
-        })
+        .map(|(id, result)| (id, session.client.node_addr(id).unwrap_or_default(), result))
         .collect();
     Ok(Json(overview_of(rows, session.username.clone())))
 }
@@ -645,7 +645,12 @@ async fn add_learner(
         .call_leader(|channel| {
             let request = request.clone();
             let mut admin = client.admin_on(channel);
-            async move { admin.add_learner(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .add_learner(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?;
     Ok(Json(MembershipView::from(&reply)))
@@ -660,7 +665,12 @@ async fn promote(
     let reply = client
         .call_leader(|channel| {
             let mut admin = client.admin_on(channel);
-            async move { admin.promote_voter(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .promote_voter(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?;
     Ok(Json(MembershipView::from(&reply)))
@@ -678,7 +688,12 @@ async fn remove(
     let reply = client
         .call_leader(|channel| {
             let mut admin = client.admin_on(channel);
-            async move { admin.remove_node(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .remove_node(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?;
     Ok(Json(MembershipView::from(&reply)))
@@ -725,7 +740,12 @@ async fn find_users(
         .call_any(|channel| {
             let mut admin = client.admin_on(channel);
             let request = request.clone();
-            async move { admin.find_users(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .find_users(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?;
     let users: Vec<_> = page
@@ -741,7 +761,9 @@ async fn find_users(
             })
         })
         .collect();
-    Ok(Json(json!({ "users": users, "more": page.next_after_id != 0 })))
+    Ok(Json(
+        json!({ "users": users, "more": page.next_after_id != 0 }),
+    ))
 }
 
 async fn show_user(
@@ -765,7 +787,12 @@ async fn user_detail(
         .call_any(|channel| {
             let mut admin = client.admin_on(channel);
             let request = request.clone();
-            async move { admin.show_user(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .show_user(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?)
 }
@@ -843,7 +870,12 @@ async fn set_setting(
         .call_leader(|channel| {
             let mut admin = client.admin_on(channel);
             let request = request.clone();
-            async move { admin.set_setting(request).await.map(tonic::Response::into_inner) }
+            async move {
+                admin
+                    .set_setting(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
         })
         .await?;
     Ok(Json(settings_view(&settings)))
@@ -875,9 +907,21 @@ mod tests {
                 .collect(),
             replication: if role == "leader" {
                 vec![
-                    ReplicationLag { id: 1, matched_index: 200, lag: 0 },
-                    ReplicationLag { id: 2, matched_index: 120, lag: 80 },
-                    ReplicationLag { id: 3, matched_index: 150, lag: 50 },
+                    ReplicationLag {
+                        id: 1,
+                        matched_index: 200,
+                        lag: 0,
+                    },
+                    ReplicationLag {
+                        id: 2,
+                        matched_index: 120,
+                        lag: 80,
+                    },
+                    ReplicationLag {
+                        id: 3,
+                        matched_index: 150,
+                        lag: 50,
+                    },
                 ]
             } else {
                 Vec::new()
@@ -892,7 +936,11 @@ mod tests {
             vec![
                 (1, "a1".into(), Ok(status(1, "leader", 200))),
                 (2, "a2".into(), Ok(status(2, "follower", 120))),
-                (3, "a3".into(), Err(Status::unavailable("connection refused"))),
+                (
+                    3,
+                    "a3".into(),
+                    Err(Status::unavailable("connection refused")),
+                ),
             ],
             "admin".into(),
         );
@@ -920,7 +968,10 @@ mod tests {
         assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
         assert_eq!(http_status(Code::PermissionDenied), StatusCode::FORBIDDEN);
         assert_eq!(http_status(Code::FailedPrecondition), StatusCode::CONFLICT);
-        assert_eq!(http_status(Code::Unavailable), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            http_status(Code::Unavailable),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         let wrong = ApiError::from(ClientError::WrongPassword);
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     }

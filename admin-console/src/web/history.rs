@@ -176,19 +176,15 @@ fn rates(previous: &Previous, at: Instant, now: &BTreeMap<u64, NodeFigures>) -> 
     }
     let mut requests = 0.0;
     for (id, figures) in now {
-        let before = previous
-            .figures
-            .get(id)
-            .map_or(0.0, |f| f.requests_total);
+        let before = previous.figures.get(id).map_or(0.0, |f| f.requests_total);
         requests += if figures.requests_total >= before {
             figures.requests_total - before
         } else {
             figures.requests_total
         };
     }
-    let committed = |figures: &BTreeMap<u64, NodeFigures>| {
-        figures.values().map(|f| f.committed_index).max()
-    };
+    let committed =
+        |figures: &BTreeMap<u64, NodeFigures>| figures.values().map(|f| f.committed_index).max();
     let commits = match (committed(&previous.figures), committed(now)) {
         (Some(before), Some(after)) => after.saturating_sub(before),
         _ => 0,
@@ -304,7 +300,10 @@ mod tests {
         let events = history.events();
         // Newest first; the leader was noted by the first sample.
         assert_eq!(events.len(), 2, "{events:?}");
-        assert_eq!(events[0].text, "node 3 stopped answering: connection refused");
+        assert_eq!(
+            events[0].text,
+            "node 3 stopped answering: connection refused"
+        );
         assert_eq!(events[0].node_id, Some(3));
         assert_eq!(events[1].text, "node 1 leads (term 2)");
         assert_eq!(events[1].at_ms, 1_000);
