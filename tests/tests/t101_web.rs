@@ -284,8 +284,9 @@ fn check_exposition(page: &str) -> anyhow::Result<std::collections::BTreeSet<Str
     let mut current: Option<String> = None;
     let mut series: BTreeSet<String> = BTreeSet::new();
     // Histogram family -> label set (without le) -> (buckets, count).
-    let mut histograms: BTreeMap<String, BTreeMap<String, (Vec<(f64, f64)>, Option<f64>)>> =
-        BTreeMap::new();
+    /// One histogram series: its `(le, count)` buckets and its `_count`.
+    type Buckets = (Vec<(f64, f64)>, Option<f64>);
+    let mut histograms: BTreeMap<String, BTreeMap<String, Buckets>> = BTreeMap::new();
     for (n, line) in page.lines().enumerate() {
         let at = || format!("line {}: {line:?}", n + 1);
         if line.trim().is_empty() {
