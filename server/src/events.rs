@@ -266,7 +266,7 @@ pub async fn run_watcher(node: Arc<Node>) {
         if leader {
             if term != recorded_term {
                 recorded_term = term;
-                node.events.note(
+                node.local.events.note(
                     EventKind::LeaderElected,
                     node.id,
                     format!("node {} became leader in term {term}", node.id),
@@ -278,7 +278,7 @@ pub async fn run_watcher(node: Arc<Node>) {
                     .failing_since
                     .is_some_and(|since| since.elapsed() >= UNREACHABLE_AFTER);
                 if down && unreachable.insert(id) {
-                    node.events.note(
+                    node.local.events.note(
                         EventKind::NodeUnreachable,
                         id,
                         format!(
@@ -288,7 +288,7 @@ pub async fn run_watcher(node: Arc<Node>) {
                         ),
                     );
                 } else if health.failing_since.is_none() && unreachable.remove(&id) {
-                    node.events.note(
+                    node.local.events.note(
                         EventKind::NodeReachable,
                         id,
                         format!("node {id} answers the leader (node {}) again", node.id),

@@ -85,9 +85,7 @@ pub struct Node {
     pub started: Instant,
     /// Sessions and cluster secrets.
     pub auth: Authenticator,
-    /// Where this node's parts drop events for the replicated event log.
-    pub events: EventSink,
-    /// This node's files and counters the admin status reports.
+    /// This node's files, counters and event sink (not replicated).
     pub local: NodeLocal,
     /// The last login of each account this node served.
     pub logins: LastLogins,
@@ -96,8 +94,10 @@ pub struct Node {
 }
 
 /// What a node knows about itself that is not replicated.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct NodeLocal {
+    /// Where this node's parts drop events for the replicated event log.
+    pub events: EventSink,
     /// The data directory (database sizes).
     pub data_dir: PathBuf,
     /// The file its output goes to, if its launcher said so (`--log-file`).
@@ -128,7 +128,6 @@ impl Node {
         log: LogStore,
         peers: PeerChannels,
         addr: NodeAddr,
-        events: EventSink,
         local: NodeLocal,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(PROPOSAL_QUEUE);
@@ -142,7 +141,6 @@ impl Node {
             peers,
             addr,
             started: Instant::now(),
-            events,
             local,
             logins: LastLogins::default(),
             proposals: tx,

@@ -175,8 +175,8 @@ pub async fn run(
         log.clone(),
         peers,
         addr.clone(),
-        events.clone(),
         NodeLocal {
+            events: events.clone(),
             data_dir: config.data_dir.clone(),
             log_file: config.log_file.clone(),
             requests: requests.clone(),

@@ -146,7 +146,7 @@ impl Admin {
     }
 }
 
-fn node<'a>(nodes: &'a Value, id: u64) -> &'a Value {
+fn node(nodes: &Value, id: u64) -> &Value {
     nodes
         .as_array()
         .and_then(|all| all.iter().find(|n| n["id"] == id))

@@ -558,7 +558,7 @@ impl AdminService for AdminApi {
         if !report.problems.is_empty() {
             tracing::error!(problems = ?report.problems, "ledger audit failed");
             metrics::counter!("agora_audit_failures_total").increment(1);
-            self.node.events.note(
+            self.node.local.events.note(
                 EventKind::AuditFailed,
                 self.node.id,
                 format!(
@@ -712,7 +712,7 @@ impl AdminService for AdminApi {
             )
             .await
             .map_err(|_| not_caught_up())?;
-        node.events.note(
+        node.local.events.note(
             EventKind::LearnerAdded,
             id,
             format!("node {id} joined as a learner and caught up"),
@@ -744,7 +744,7 @@ impl AdminService for AdminApi {
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         match node.raft.change_membership(change, false).await {
             Ok(response) => {
-                node.events.note(
+                node.local.events.note(
                     EventKind::VoterPromoted,
                     id,
                     format!("node {id} was promoted to voter"),
@@ -802,7 +802,7 @@ impl AdminService for AdminApi {
         };
         match node.raft.change_membership(change, false).await {
             Ok(response) => {
-                node.events.note(
+                node.local.events.note(
                     EventKind::NodeRemoved,
                     req.id,
                     format!("node {} was removed from the cluster", req.id),
@@ -961,7 +961,7 @@ impl AdminService for AdminApi {
         let applied = self.write(key, Op::DeleteUser { user_id }).await?;
         match applied.outcome {
             Outcome::UserDeleted { user_id, username } => {
-                self.node.events.note(
+                self.node.local.events.note(
                     EventKind::UserDeleted,
                     0,
                     format!(
@@ -1017,7 +1017,7 @@ impl AdminService for AdminApi {
             SettingChange::Ksf(ksf) => Op::SetKsf { ksf },
         };
         let applied = self.write(key, op).await?;
-        self.node.events.note(
+        self.node.local.events.note(
             EventKind::SettingChanged,
             0,
             format!(
