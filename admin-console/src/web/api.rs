@@ -352,7 +352,7 @@ pub struct NodeRow {
 
 /// Builds the table from every node's answer (pure: unit-tested).
 pub fn overview_of(
-    answers: Vec<(u64, String, Result<NodeStatus, Status>)>,
+    answers: &[(u64, String, Result<NodeStatus, Status>)],
     signed_in_as: String,
 ) -> Overview {
     let statuses: Vec<&NodeStatus> = answers
@@ -442,11 +442,11 @@ async fn overview(Extension(session): Extension<Arc<WebSession>>) -> ApiResult<O
         }
         return Err(ApiError::new(StatusCode::UNAUTHORIZED, "sign in again"));
     }
-    let rows = answers
+    let rows: Vec<_> = answers
         .into_iter()
         .map(|(id, result)| (id, session.client.node_addr(id).unwrap_or_default(), result))
         .collect();
-    Ok(Json(overview_of(rows, session.username.clone())))
+    Ok(Json(overview_of(&rows, session.username.clone())))
 }
 
 /// The charts' points.
@@ -911,16 +911,19 @@ mod tests {
                         id: 1,
                         matched_index: 200,
                         lag: 0,
+                        ..ReplicationLag::default()
                     },
                     ReplicationLag {
                         id: 2,
                         matched_index: 120,
                         lag: 80,
+                        ..ReplicationLag::default()
                     },
                     ReplicationLag {
                         id: 3,
                         matched_index: 150,
                         lag: 50,
+                        ..ReplicationLag::default()
                     },
                 ]
             } else {
@@ -933,7 +936,7 @@ mod tests {
     #[test]
     fn flags_the_leader_the_laggard_and_the_unreachable() {
         let overview = overview_of(
-            vec![
+            &[
                 (1, "a1".into(), Ok(status(1, "leader", 200))),
                 (2, "a2".into(), Ok(status(2, "follower", 120))),
                 (
