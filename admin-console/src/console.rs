@@ -19,6 +19,9 @@ pub struct Console {
     /// One channel per node, presenting the cluster's client certificate if
     /// the cluster file names one, and the stored admin session if any.
     pub client: ClusterClient,
+    /// The cluster file it was loaded from (the dashboard builds its own
+    /// client from it).
+    pub cluster_path: PathBuf,
     /// Where the operator's session lives.
     pub data_dir: PathBuf,
     /// Print one JSON document instead of text.
@@ -52,6 +55,7 @@ impl Console {
         }
         Ok(Self {
             client,
+            cluster_path: path.to_path_buf(),
             data_dir,
             json,
         })

@@ -9,6 +9,7 @@ mod console;
 mod fleet;
 mod table;
 mod views;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

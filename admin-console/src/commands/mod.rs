@@ -78,6 +78,8 @@ pub enum Command {
     Settings(settings::Settings),
     /// Show the end of one node's log file.
     Log(log::Log),
+    /// Serve the web dashboard (sign in there with an admin account).
+    Serve(crate::web::Serve),
 }
 
 impl Command {
@@ -85,7 +87,9 @@ impl Command {
     /// or the operator certificate); the session commands do not.
     pub fn makes_admin_calls(&self) -> bool {
         match self {
-            Self::Login(_) | Self::Logout(_) | Self::Whoami(_) => false,
+            // The dashboard signs each browser in with its own admin
+            // session; it needs none of the console's.
+            Self::Login(_) | Self::Logout(_) | Self::Whoami(_) | Self::Serve(_) => false,
             Self::Topics(command) => command.makes_admin_calls(),
             _ => true,
         }
@@ -116,6 +120,7 @@ impl Command {
             Self::Users(command) => command.run(console).await,
             Self::Settings(command) => command.run(console).await,
             Self::Log(command) => command.run(console).await,
+            Self::Serve(command) => command.run(console).await,
         }
     }
 }
@@ -130,12 +135,18 @@ fn amount_arg(text: &str) -> Result<u64, AmountError> {
 /// (a learner may first have to catch up), so one attempt may take far
 /// longer than a write.
 async fn membership_client(console: &Console) -> ClusterClient {
+    membership_client_of(&console.client).await
+}
+
+/// [`membership_client`] over any client (the dashboard's carry a
+/// browser's admin session).
+pub(crate) async fn membership_client_of(client: &ClusterClient) -> ClusterClient {
     /// Longest one membership call may take.
     const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
     /// Longest the console keeps retrying a membership call.
     const BUDGET: Duration = Duration::from_secs(120);
 
-    let client = console.client.clone().with_retry_policy(RetryPolicy {
+    let client = client.clone().with_retry_policy(RetryPolicy {
         attempt_timeout: ATTEMPT_TIMEOUT,
         budget: BUDGET,
         ..RetryPolicy::default()
