@@ -615,6 +615,43 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         standing.body
     );
 
+    // Signing out ends the session: the same cookie opens nothing after.
+    let out = call(
+        &http,
+        &console,
+        Method::POST,
+        "/api/logout",
+        Some(&cookie),
+        Some(json!({})),
+        true,
+    )
+    .await?;
+    ensure!(
+        out.status == StatusCode::OK
+            && out
+                .set_cookie
+                .as_deref()
+                .is_some_and(|c| c.contains("Max-Age=0")),
+        "sign-out: {} {:?}",
+        out.status,
+        out.set_cookie
+    );
+    let after = call(
+        &http,
+        &console,
+        Method::GET,
+        "/api/overview",
+        Some(&cookie),
+        None,
+        false,
+    )
+    .await?;
+    ensure!(
+        after.status == StatusCode::UNAUTHORIZED,
+        "after sign-out: {}",
+        after.status
+    );
+
     // Every node's /metrics page is what Prometheus accepts, and the
     // shipped scrape configuration exists.
     let mut seen_families = std::collections::BTreeSet::new();
