@@ -4,8 +4,11 @@
 //! The HTTP API: refused without a session (401), a plain user's sign-in
 //! refused (403, saying why), POSTs without the dashboard's header refused,
 //! an admin's sign-in gives an HttpOnly, SameSite=Strict cookie that opens
-//! the API. Then a real headless Chromium loads the page, signs in, sees
-//! three nodes and the leader, and sees the killed follower's row turn
+//! the API, and signing out closes it. Every node's `/metrics` page parses
+//! as Prometheus text, and the shipped Grafana dashboard queries only
+//! metrics that exist. Then a real headless Chromium loads the page, signs
+//! in, sees three nodes and the leader, finds and suspends a user (the
+//! cluster has it suspended), and sees the killed follower's row turn
 //! unreachable; a screenshot is saved in `target/test-artifacts/`.
 //!
 //! Without `/usr/bin/chromium` the browser part is skipped with a line
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_peer::account;
-use agora_tests::{binary, TestCluster, TestOptions};
+use agora_tests::{binary, wait_for, Probe, TestCluster, TestOptions};
 use anyhow::{bail, ensure, Context as _};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
@@ -719,6 +722,36 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         seen_leader == leader,
         "the page says node {seen_leader} leads, the cluster says {leader}"
     );
+
+    // A user action through the page: find alice, open her, suspend her.
+    {
+        let tab = tab.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            tab.wait_for_element("#form-user input[name=q]")?.click()?;
+            tab.type_str("ali")?;
+            tab.press_key("Enter")?;
+            wait_page(&tab, "alice's details", |tab| {
+                let text = eval_string(tab, "document.getElementById('user-info').innerText")?;
+                Ok(text.contains("alice").then_some(()))
+            })?;
+            tab.wait_for_element("#user-suspend")?.click()?;
+            wait_page(&tab, "alice shown suspended", |tab| {
+                let text = eval_string(tab, "document.getElementById('users-result').innerText")?;
+                Ok(text.contains("alice is suspended").then_some(()))
+            })
+        })
+        .await??;
+    }
+    // Any node answers; a follower may apply the change a moment later.
+    wait_for("alice suspended on the cluster", PAGE_TIMEOUT, || async {
+        let standing = agora_peer::ledger::standing(&operator, USER).await?;
+        Ok(if standing.suspended {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet(format!("{standing:?}"))
+        })
+    })
+    .await?;
 
     let victim = cluster
         .node_ids()
