@@ -738,6 +738,21 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
             wait_page(&tab, "alice shown suspended", |tab| {
                 let text = eval_string(tab, "document.getElementById('users-result').innerText")?;
                 Ok(text.contains("alice is suspended").then_some(()))
+            })?;
+            // The leader's own log file, through the page.
+            tab.wait_for_element("#form-log input[name=id]")?.click()?;
+            tab.type_str(&seen_leader.to_string())?;
+            tab.press_key("Enter")?;
+            wait_page(&tab, "the leader's log lines", |tab| {
+                let text = eval_string(tab, "document.getElementById('log').innerText")?;
+                let failed = eval_string(
+                    tab,
+                    "document.getElementById('log-result').className.includes('bad') ? document.getElementById('log-result').innerText : ''",
+                )?;
+                if !failed.is_empty() {
+                    bail!("the page could not show the log: {failed}");
+                }
+                Ok((!text.trim().is_empty()).then_some(()))
             })
         })
         .await??;
