@@ -909,7 +909,14 @@ fn wait_page<T>(
             let table = table_states(tab)
                 .map(|t| format!("{t:?}"))
                 .unwrap_or_default();
-            bail!("the page did not show {what} within {PAGE_TIMEOUT:?}; the table: {table}");
+            // What the page looked like, for whoever reads the failure.
+            if let (Ok(png), Ok(dir)) = (
+                tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true),
+                artifacts_dir(),
+            ) {
+                let _ = std::fs::write(dir.join("dashboard-failure.png"), png);
+            }
+            bail!("the page did not show {what} within {PAGE_TIMEOUT:?} (screenshot: target/test-artifacts/dashboard-failure.png); the table: {table}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
