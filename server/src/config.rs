@@ -264,7 +264,7 @@ pub struct NodeArgs {
     /// Longest election timeout in ms [default: 3000].
     #[arg(long)]
     pub election_max_ms: Option<u64>,
-    /// Snapshot after this many entries since the last snapshot [default: 20000].
+    /// Snapshot after this many entries since the last snapshot, at least 16 [default: 20000].
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
     /// Log entries kept behind a snapshot [default: 1000].
