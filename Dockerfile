@@ -73,8 +73,8 @@ VOLUME ["/var/lib/agora"]
 # (mutual TLS; never publish it). 7301: Prometheus /metrics (plain HTTP).
 # The node's own defaults are 127.0.0.1:7100+ID etc.: pass --api-listen,
 # --raft-listen and --metrics-listen 0.0.0.0:... in a container, as
-# docker-compose.yml does.
-EXPOSE 7101 7201 7301
+# docker-compose.yml does. 8080: the web dashboard (`agora-admin serve`).
+EXPOSE 7101 7201 7301 8080
 
 ENTRYPOINT ["agora-server"]
 CMD ["node", "--help"]

@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+/// Fewest entries between snapshots: every node records a `snapshot_built`
+/// event (one log entry) per snapshot, which must not be enough to trigger
+/// the next one.
+pub const MIN_SNAPSHOT_LOGS: u64 = 16;
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -153,10 +158,15 @@ impl NodeConfig {
                 "purchase-hold-ms must be from 1000 to 86400000 (24 hours)".into(),
             ));
         }
-        if self.snapshot_logs == 0 || self.max_payload_entries == 0 {
+        if self.max_payload_entries == 0 {
             return Err(ConfigError::Invalid(
-                "snapshot-logs and max-payload-entries must be 1 or more".into(),
+                "max-payload-entries must be 1 or more".into(),
             ));
+        }
+        if self.snapshot_logs < MIN_SNAPSHOT_LOGS {
+            return Err(ConfigError::Invalid(format!(
+                "snapshot-logs must be {MIN_SNAPSHOT_LOGS} or more (each snapshot records an event in the log, so a smaller value would keep snapshotting its own events)"
+            )));
         }
         for (what, path) in [
             ("CA certificate", &self.ca_cert),
@@ -268,7 +278,7 @@ pub struct NodeArgs {
     /// Longest election timeout in ms [default: 3000].
     #[arg(long)]
     pub election_max_ms: Option<u64>,
-    /// Snapshot after this many entries since the last snapshot [default: 20000].
+    /// Snapshot after this many entries since the last snapshot, at least 16 [default: 20000].
     #[arg(long)]
     pub snapshot_logs: Option<u64>,
     /// Log entries kept behind a snapshot [default: 1000].

@@ -4,8 +4,11 @@
 //! The HTTP API: refused without a session (401), a plain user's sign-in
 //! refused (403, saying why), POSTs without the dashboard's header refused,
 //! an admin's sign-in gives an HttpOnly, SameSite=Strict cookie that opens
-//! the API. Then a real headless Chromium loads the page, signs in, sees
-//! three nodes and the leader, and sees the killed follower's row turn
+//! the API, and signing out closes it. Every node's `/metrics` page parses
+//! as Prometheus text, and the shipped Grafana dashboard queries only
+//! metrics that exist. Then a real headless Chromium loads the page, signs
+//! in, sees three nodes and the leader, finds and suspends a user (the
+//! cluster has it suspended), and sees the killed follower's row turn
 //! unreachable; a screenshot is saved in `target/test-artifacts/`.
 //!
 //! Without `/usr/bin/chromium` the browser part is skipped with a line
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_peer::account;
-use agora_tests::{binary, TestCluster, TestOptions};
+use agora_tests::{binary, wait_for, Probe, TestCluster, TestOptions};
 use anyhow::{bail, ensure, Context as _};
 use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
 use headless_chrome::{Browser, LaunchOptions, Tab};
@@ -615,6 +618,43 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         standing.body
     );
 
+    // Signing out ends the session: the same cookie opens nothing after.
+    let out = call(
+        &http,
+        &console,
+        Method::POST,
+        "/api/logout",
+        Some(&cookie),
+        Some(json!({})),
+        true,
+    )
+    .await?;
+    ensure!(
+        out.status == StatusCode::OK
+            && out
+                .set_cookie
+                .as_deref()
+                .is_some_and(|c| c.contains("Max-Age=0")),
+        "sign-out: {} {:?}",
+        out.status,
+        out.set_cookie
+    );
+    let after = call(
+        &http,
+        &console,
+        Method::GET,
+        "/api/overview",
+        Some(&cookie),
+        None,
+        false,
+    )
+    .await?;
+    ensure!(
+        after.status == StatusCode::UNAUTHORIZED,
+        "after sign-out: {}",
+        after.status
+    );
+
     // Every node's /metrics page is what Prometheus accepts, and the
     // shipped scrape configuration exists.
     let mut seen_families = std::collections::BTreeSet::new();
@@ -682,6 +722,51 @@ async fn dashboard_signs_in_admins_only_and_shows_a_dead_node() -> anyhow::Resul
         seen_leader == leader,
         "the page says node {seen_leader} leads, the cluster says {leader}"
     );
+
+    // A user action through the page: find alice, open her, suspend her.
+    {
+        let tab = tab.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            tab.wait_for_element("#form-user input[name=q]")?.click()?;
+            tab.type_str("ali")?;
+            tab.press_key("Enter")?;
+            wait_page(&tab, "alice's details", |tab| {
+                let text = eval_string(tab, "document.getElementById('user-info').innerText")?;
+                Ok(text.contains("alice").then_some(()))
+            })?;
+            tab.wait_for_element("#user-suspend")?.click()?;
+            wait_page(&tab, "alice shown suspended", |tab| {
+                let text = eval_string(tab, "document.getElementById('users-result').innerText")?;
+                Ok(text.contains("alice is suspended").then_some(()))
+            })?;
+            // The leader's own log file, through the page.
+            tab.wait_for_element("#form-log input[name=id]")?.click()?;
+            tab.type_str(&seen_leader.to_string())?;
+            tab.press_key("Enter")?;
+            wait_page(&tab, "the leader's log lines", |tab| {
+                let text = eval_string(tab, "document.getElementById('log').innerText")?;
+                let failed = eval_string(
+                    tab,
+                    "document.getElementById('log-result').className.includes('bad') ? document.getElementById('log-result').innerText : ''",
+                )?;
+                if !failed.is_empty() {
+                    bail!("the page could not show the log: {failed}");
+                }
+                Ok((!text.trim().is_empty()).then_some(()))
+            })
+        })
+        .await??;
+    }
+    // Any node answers; a follower may apply the change a moment later.
+    wait_for("alice suspended on the cluster", PAGE_TIMEOUT, || async {
+        let standing = agora_peer::ledger::standing(&operator, USER).await?;
+        Ok(if standing.suspended {
+            Probe::Ready(())
+        } else {
+            Probe::NotYet(format!("{standing:?}"))
+        })
+    })
+    .await?;
 
     let victim = cluster
         .node_ids()
@@ -824,7 +909,14 @@ fn wait_page<T>(
             let table = table_states(tab)
                 .map(|t| format!("{t:?}"))
                 .unwrap_or_default();
-            bail!("the page did not show {what} within {PAGE_TIMEOUT:?}; the table: {table}");
+            // What the page looked like, for whoever reads the failure.
+            if let (Ok(png), Ok(dir)) = (
+                tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true),
+                artifacts_dir(),
+            ) {
+                let _ = std::fs::write(dir.join("dashboard-failure.png"), png);
+            }
+            bail!("the page did not show {what} within {PAGE_TIMEOUT:?} (screenshot: target/test-artifacts/dashboard-failure.png); the table: {table}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }

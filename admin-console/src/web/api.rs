@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use agora_peer::{account, describe_status, ledger, new_request_id, ClientError};
 use agora_proto::admin::{
-    AddLearnerRequest, AdminRequestId, Event, EventsRequest, FindUsersRequest, GetSettingsRequest,
-    Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest, SetSettingRequest, Settings,
-    ShowUserRequest, UserDetail,
+    AddLearnerRequest, AdminRequestId, DeleteUserRequest, Event, EventsRequest, FindUsersRequest,
+    GetSettingsRequest, LogTailRequest, Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest,
+    SetSettingRequest, Settings, ShowUserRequest, UserDetail,
 };
 use agora_proto::amount::{format_amount, format_signed};
 use agora_proto::auth::{canonical_username, Role};
@@ -47,6 +47,8 @@ const EVENTS_PAGE: u32 = 500;
 /// Pages read per request at most: an old cluster's log is caught up over
 /// a few polls instead of one long request.
 const EVENTS_PAGES_PER_CALL: usize = 4;
+/// Log lines the page shows.
+const LOG_LINES: u32 = 200;
 /// Users the search shows at most.
 const FOUND_USERS: u32 = 25;
 
@@ -65,6 +67,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/users", get(find_users))
         .route("/api/users/:name", get(show_user))
         .route("/api/suspension", post(set_suspension))
+        .route("/api/users/delete", post(delete_user))
+        .route("/api/nodes/:id/log", get(node_log))
         .route("/api/settings", get(settings).post(set_setting))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -817,6 +821,80 @@ async fn set_suspension(
     // The read may land on a node a moment behind the write.
     detail.suspended = standing.suspended;
     Ok(Json(user_view(&detail)))
+}
+
+/// A user to delete.
+#[derive(Deserialize)]
+struct UserBody {
+    username: String,
+}
+
+/// Deletes an inactive account (the cluster says why not otherwise).
+async fn delete_user(
+    Extension(session): Extension<Arc<WebSession>>,
+    Json(body): Json<UserBody>,
+) -> ApiResult<serde_json::Value> {
+    let name = canonical_username(&body.username)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let request = DeleteUserRequest {
+        request_id: Some(AdminRequestId {
+            id: new_request_id(),
+        }),
+        username: name,
+    };
+    let client = &session.client;
+    let reply = client
+        .call_leader(|channel| {
+            let mut admin = client.admin_on(channel);
+            let request = request.clone();
+            async move {
+                admin
+                    .delete_user(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await?;
+    Ok(Json(json!({
+        "user_id": reply.user_id,
+        "username": reply.username,
+        "index": reply.index,
+    })))
+}
+
+/// The end of one node's own log file (asked of that node: each node
+/// knows only its own).
+async fn node_log(
+    Extension(session): Extension<Arc<WebSession>>,
+    Path(id): Path<u64>,
+) -> ApiResult<serde_json::Value> {
+    let mut admin = session.client.admin(id).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("there is no node {id} in the cluster file"),
+        )
+    })?;
+    let reply = tokio::time::timeout(
+        fleet::NODE_TIMEOUT,
+        admin.log_tail(LogTailRequest { lines: LOG_LINES }),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "node {id} did not answer within {} s",
+                fleet::NODE_TIMEOUT.as_secs()
+            ),
+        )
+    })??
+    .into_inner();
+    Ok(Json(json!({
+        "node_id": reply.node_id,
+        "path": reply.path,
+        "file_bytes": reply.file_bytes,
+        "lines": reply.lines,
+    })))
 }
 
 fn settings_view(s: &Settings) -> serde_json::Value {

@@ -385,6 +385,31 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("user-suspend").addEventListener("click", () => setSuspended(true));
   $("user-unsuspend").addEventListener("click", () => setSuspended(false));
+  $("user-delete").addEventListener("click", async () => {
+    if (!shownUser || !window.confirm("Delete the account " + shownUser + "? Only inactive accounts with a zero balance can be.")) return;
+    try {
+      const gone = await api("POST", "/api/users/delete", { username: shownUser });
+      $("user-card").hidden = true;
+      shownUser = null;
+      report("users-result", true, gone.username + " was deleted (entry " + gone.index + ")");
+    } catch (err) {
+      if (!(err instanceof SignedOut)) report("users-result", false, err.message);
+    }
+  });
+  $("form-log").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = formValues(event.target).id;
+    try {
+      const tail = await api("GET", "/api/nodes/" + id + "/log");
+      $("log").hidden = false;
+      $("log").textContent = tail.lines.join("\n");
+      $("log").scrollTop = $("log").scrollHeight;
+      report("log-result", true, "node " + tail.node_id + ": " + tail.path + " (" + bytes(tail.file_bytes) + "), last " + tail.lines.length + " lines");
+    } catch (err) {
+      $("log").hidden = true;
+      if (!(err instanceof SignedOut)) report("log-result", false, err.message);
+    }
+  });
 
   api("GET", "/api/session").then((who) => showDashboard(who.username)).catch(() => {});
 });
