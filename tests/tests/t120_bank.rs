@@ -10,9 +10,8 @@
 //!
 //! - `bank_quick`: the CI run (about a minute of load and one fault of each
 //!   main kind, then a kill during a snapshot build; well under two
-//!   minutes on a busy two-core machine). `TornLog` runs in the soak only:
-//!   see docs/RELIABILITY.md, a torn log can leave a node's Raft core
-//!   panicked.
+//!   minutes on a busy two-core machine). `TornLog` runs in the soak only
+//!   until the Raft-core panic of soak 3 is explained (docs/RELIABILITY.md).
 //! - `bank_soak` (ignored): every fault kind at random for
 //!   `AGORA_BANK_MINUTES` (default 30) minutes:
 //!
