@@ -147,6 +147,17 @@ const TABLE: &[(&str, &str)] = &[
     ("agora.admin.v1.AdminService/SetDisputeWindow", "UPPPIUUU"),
     ("agora.admin.v1.AdminService/SetSuspended", "UPPPIUUU"),
     ("agora.admin.v1.AdminService/Standing", "UPPP.UUU"),
+    ("agora.admin.v1.AdminService/Events", "UPPP.UUU"),
+    ("agora.admin.v1.AdminService/FindUsers", "UPPP.UUU"),
+    ("agora.admin.v1.AdminService/ShowUser", "UPPP.UUU"),
+    // alice has money on her account: even an admin cannot delete it.
+    ("agora.admin.v1.AdminService/DeleteUser", "UPPPFUUU"),
+    ("agora.admin.v1.AdminService/GetSettings", "UPPP.UUU"),
+    ("agora.admin.v1.AdminService/SetSetting", "UPPP.UUU"),
+    ("agora.admin.v1.AdminService/LogTail", "UPPP.UUU"),
+    // The test nodes run without --enable-fault-injection: even an admin
+    // cannot crash them.
+    ("agora.admin.v1.AdminService/Crash", "UPPPFUUU"),
 ];
 
 /// Methods that change what the callers after them can do, run last and
@@ -423,6 +434,22 @@ fn request(rpc: &str, world: &World) -> Vec<u8> {
         .encode_to_vec(),
         (true, "Standing") => agora_proto::admin::StandingRequest {
             username: "alice".into(),
+        }
+        .encode_to_vec(),
+        (true, "ShowUser") => agora_proto::admin::ShowUserRequest {
+            username: "alice".into(),
+        }
+        .encode_to_vec(),
+        (true, "DeleteUser") => agora_proto::admin::DeleteUserRequest {
+            request_id: admin_rid(),
+            username: "alice".into(),
+        }
+        .encode_to_vec(),
+        // The default commission again: harmless for the callers after it.
+        (true, "SetSetting") => agora_proto::admin::SetSettingRequest {
+            request_id: admin_rid(),
+            name: "commission_bps".into(),
+            value: "100".into(),
         }
         .encode_to_vec(),
         (true, "Deposit") => agora_proto::admin::DepositRequest {
