@@ -64,7 +64,7 @@ fn check_amount(amount: u64) -> Result<(), ClientError> {
 }
 
 /// An admin request id on the wire.
-fn admin_id(request_id: &str) -> Option<AdminRequestId> {
+pub(crate) fn admin_id(request_id: &str) -> Option<AdminRequestId> {
     Some(AdminRequestId {
         id: request_id.to_owned(),
     })
@@ -204,7 +204,7 @@ pub async fn withdraw(
 }
 
 /// Runs one admin write on the leader with the usual retries.
-async fn admin_write<Req, T, F, Fut>(
+pub(crate) async fn admin_write<Req, T, F, Fut>(
     client: &ClusterClient,
     request: &Req,
     call: F,

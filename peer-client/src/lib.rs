@@ -29,6 +29,7 @@ mod cluster;
 mod error;
 pub mod ledger;
 pub mod local;
+pub mod operator;
 mod parallel;
 pub mod password;
 pub mod peer_tls;

@@ -2,7 +2,7 @@
 //! receives the log (or a snapshot) without voting; promote it once it has
 //! caught up.
 
-use agora_proto::admin::{AddLearnerRequest, Member};
+use agora_peer::operator;
 use anyhow::Context as _;
 
 use crate::console::Console;
@@ -25,28 +25,9 @@ pub struct AddLearner {
 impl AddLearner {
     /// Sends the change to the leader.
     pub async fn run(self, console: &Console) -> anyhow::Result<()> {
-        let request = AddLearnerRequest {
-            member: Some(Member {
-                id: self.id,
-                api_addr: self.api_addr,
-                raft_addr: self.raft_addr,
-                voter: false,
-            }),
-        };
         let client = super::membership_client(console).await;
-        let reply = client
-            .call_leader(|channel| {
-                let request = request.clone();
-                let mut admin = client.admin_on(channel);
-                async move {
-                    admin
-                        .add_learner(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        let reply = operator::add_learner(&client, self.id, &self.api_addr, &self.raft_addr)
             .await
-            .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
             .with_context(|| format!("could not add node {} as a learner", self.id))?;
         print_membership(
             console.json,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use agora_peer::table::utc;
-use agora_proto::admin::{Event, EventsReply, EventsRequest};
+use agora_proto::admin::{Event, EventsReply};
 use anyhow::Context as _;
 use serde::Serialize;
 
@@ -109,22 +109,8 @@ impl Events {
 }
 
 async fn page(console: &Console, since_id: u64) -> anyhow::Result<EventsReply> {
-    let client = &console.client;
-    client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            async move {
-                admin
-                    .events(EventsRequest {
-                        since_id,
-                        limit: PAGE,
-                    })
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+    agora_peer::operator::events(&console.client, since_id, PAGE)
         .await
-        .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
         .context("could not read the event log")
 }
 

@@ -1,7 +1,7 @@
 //! `agora-admin promote`: the second half of a hot join, making a learner
 //! that has caught up a voter.
 
-use agora_proto::admin::PromoteVoterRequest;
+use agora_peer::operator;
 use anyhow::Context as _;
 
 use crate::console::Console;
@@ -17,20 +17,9 @@ pub struct Promote {
 impl Promote {
     /// Sends the change to the leader.
     pub async fn run(self, console: &Console) -> anyhow::Result<()> {
-        let request = PromoteVoterRequest { id: self.id };
         let client = super::membership_client(console).await;
-        let reply = client
-            .call_leader(|channel| {
-                let mut admin = client.admin_on(channel);
-                async move {
-                    admin
-                        .promote_voter(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        let reply = operator::promote(&client, self.id)
             .await
-            .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
             .with_context(|| format!("could not promote node {}", self.id))?;
         print_membership(
             console.json,

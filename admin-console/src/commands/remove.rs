@@ -1,7 +1,7 @@
 //! `agora-admin remove`: take a node out of the cluster. The server refuses
 //! to leave fewer than three voters unless `--force` says that is intended.
 
-use agora_proto::admin::RemoveNodeRequest;
+use agora_peer::operator;
 use anyhow::Context as _;
 
 use crate::console::Console;
@@ -20,23 +20,9 @@ pub struct Remove {
 impl Remove {
     /// Sends the change to the leader.
     pub async fn run(self, console: &Console) -> anyhow::Result<()> {
-        let request = RemoveNodeRequest {
-            id: self.id,
-            force: self.force,
-        };
         let client = super::membership_client(console).await;
-        let reply = client
-            .call_leader(|channel| {
-                let mut admin = client.admin_on(channel);
-                async move {
-                    admin
-                        .remove_node(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        let reply = operator::remove(&client, self.id, self.force)
             .await
-            .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
             .with_context(|| format!("could not remove node {}", self.id))?;
         print_membership(
             console.json,

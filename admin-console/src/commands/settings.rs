@@ -2,8 +2,8 @@
 //! cluster's replicated settings (commission, purchase hold time, dispute
 //! window, Argon2id parameters for new registrations).
 
-use agora_peer::new_request_id;
-use agora_proto::admin::{AdminRequestId, GetSettingsRequest, SetSettingRequest, Settings as Wire};
+use agora_peer::{new_request_id, operator};
+use agora_proto::admin::Settings as Wire;
 use anyhow::Context as _;
 use serde_json::json;
 
@@ -38,42 +38,14 @@ impl Settings {
         let client = &console.client;
         let (settings, changed) = match self.action.unwrap_or(Action::Show) {
             Action::Show => (
-                client
-                    .call_any(|channel| {
-                        let mut admin = client.admin_on(channel);
-                        async move {
-                            admin
-                                .get_settings(GetSettingsRequest {})
-                                .await
-                                .map(tonic::Response::into_inner)
-                        }
-                    })
+                operator::settings(client)
                     .await
-                    .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
                     .context("could not read the settings")?,
                 None,
             ),
             Action::Set { name, value } => {
-                let request = SetSettingRequest {
-                    request_id: Some(AdminRequestId {
-                        id: new_request_id(),
-                    }),
-                    name: name.clone(),
-                    value: value.clone(),
-                };
-                let settings = client
-                    .call_leader(|channel| {
-                        let mut admin = client.admin_on(channel);
-                        let request = request.clone();
-                        async move {
-                            admin
-                                .set_setting(request)
-                                .await
-                                .map(tonic::Response::into_inner)
-                        }
-                    })
+                let settings = operator::set_setting(client, &name, &value, &new_request_id())
                     .await
-                    .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
                     .with_context(|| format!("could not set {name} to {value}"))?;
                 (settings, Some((name, value)))
             }

@@ -2,10 +2,8 @@
 //! see one in full, suspend or reinstate it, delete an inactive one.
 
 use agora_peer::table::utc;
-use agora_peer::{ledger, new_request_id};
-use agora_proto::admin::{
-    AdminRequestId, DeleteUserRequest, FindUsersRequest, ShowUserRequest, UserDetail, UserSummary,
-};
+use agora_peer::{ledger, new_request_id, operator};
+use agora_proto::admin::{UserDetail, UserSummary};
 use agora_proto::amount::format_signed;
 use anyhow::Context as _;
 use serde_json::json;
@@ -74,28 +72,11 @@ impl Users {
 }
 
 async fn find(console: &Console, text: String, limit: usize) -> anyhow::Result<()> {
-    let client = &console.client;
     let mut users: Vec<UserSummary> = Vec::new();
     let mut after_id = 0;
     loop {
-        let request = FindUsersRequest {
-            query: text.clone(),
-            after_id,
-            limit: PAGE,
-        };
-        let page = client
-            .call_any(|channel| {
-                let mut admin = client.admin_on(channel);
-                let request = request.clone();
-                async move {
-                    admin
-                        .find_users(request)
-                        .await
-                        .map(tonic::Response::into_inner)
-                }
-            })
+        let page = operator::find_users(&console.client, &text, after_id, PAGE)
             .await
-            .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
             .context("could not search the users")?;
         users.extend(page.users);
         after_id = page.next_after_id;
@@ -141,23 +122,8 @@ async fn find(console: &Console, text: String, limit: usize) -> anyhow::Result<(
 }
 
 async fn show(console: &Console, name: &str) -> anyhow::Result<UserDetail> {
-    let client = &console.client;
-    let request = ShowUserRequest {
-        username: name.to_owned(),
-    };
-    client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .show_user(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+    operator::show_user(&console.client, name)
         .await
-        .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
         .with_context(|| format!("could not show the account {name}"))
 }
 
@@ -175,26 +141,8 @@ async fn suspend(console: &Console, name: &str, suspended: bool) -> anyhow::Resu
 }
 
 async fn delete(console: &Console, name: &str) -> anyhow::Result<()> {
-    let client = &console.client;
-    let request = DeleteUserRequest {
-        request_id: Some(AdminRequestId {
-            id: new_request_id(),
-        }),
-        username: name.to_owned(),
-    };
-    let reply = client
-        .call_leader(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .delete_user(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
+    let reply = operator::delete_user(&console.client, name, &new_request_id())
         .await
-        .map_err(|status| anyhow::anyhow!(agora_peer::describe_status(&status)))
         .with_context(|| format!("could not delete the account {name}"))?;
     if console.json {
         return Console::print_json(&json!({

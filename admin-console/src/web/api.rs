@@ -10,12 +10,8 @@
 
 use std::sync::Arc;
 
-use agora_peer::{account, describe_status, ledger, new_request_id, ClientError};
-use agora_proto::admin::{
-    AddLearnerRequest, AdminRequestId, DeleteUserRequest, Event, EventsRequest, FindUsersRequest,
-    GetSettingsRequest, LogTailRequest, Member, NodeStatus, PromoteVoterRequest, RemoveNodeRequest,
-    SetSettingRequest, Settings, ShowUserRequest, UserDetail,
-};
+use agora_peer::{account, describe_status, ledger, new_request_id, operator, ClientError};
+use agora_proto::admin::{Event, LogTailRequest, Member, NodeStatus, Settings, UserDetail};
 use agora_proto::amount::{format_amount, format_signed};
 use agora_proto::auth::{canonical_username, Role};
 use axum::extract::{Path, Query, Request, State};
@@ -498,24 +494,11 @@ struct EventCacheInner {
 impl EventCache {
     /// Reads what is new (with the browser's session) and answers the
     /// newest events, newest first.
-    async fn refresh(&self, client: &agora_peer::ClusterClient) -> Result<Vec<Event>, Status> {
+    async fn refresh(&self, client: &agora_peer::ClusterClient) -> Result<Vec<Event>, ClientError> {
         let mut inner = self.inner.lock().await;
         for _ in 0..EVENTS_PAGES_PER_CALL {
             let since_id = inner.last_id;
-            let page = client
-                .call_any(|channel| {
-                    let mut admin = client.admin_on(channel);
-                    async move {
-                        admin
-                            .events(EventsRequest {
-                                since_id,
-                                limit: EVENTS_PAGE,
-                            })
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
+            let page = agora_peer::operator::events(client, since_id, EVENTS_PAGE).await?;
             let full = page.events.len() >= EVENTS_PAGE as usize;
             for event in page.events {
                 inner.last_id = inner.last_id.max(event.id);
@@ -550,8 +533,8 @@ async fn events(
 ) -> ApiResult<EventsReply> {
     let (cluster, cluster_error) = match state.events.refresh(&session.client).await {
         Ok(events) => (events.iter().map(event_view).collect(), None),
-        Err(status) if status.code() == Code::Unauthenticated => return Err(status.into()),
-        Err(status) => (Vec::new(), Some(describe_status(&status))),
+        Err(e) if e.code() == Some(Code::Unauthenticated) => return Err(e.into()),
+        Err(e) => (Vec::new(), Some(e.to_string())),
     };
     Ok(Json(EventsReply {
         cluster,
@@ -636,27 +619,8 @@ async fn add_learner(
     Extension(session): Extension<Arc<WebSession>>,
     Json(body): Json<LearnerBody>,
 ) -> ApiResult<MembershipView> {
-    let request = AddLearnerRequest {
-        member: Some(Member {
-            id: body.id,
-            api_addr: body.api_addr.trim().to_owned(),
-            raft_addr: body.raft_addr.trim().to_owned(),
-            voter: false,
-        }),
-    };
     let client = crate::commands::membership_client_of(&session.client).await;
-    let reply = client
-        .call_leader(|channel| {
-            let request = request.clone();
-            let mut admin = client.admin_on(channel);
-            async move {
-                admin
-                    .add_learner(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let reply = operator::add_learner(&client, body.id, &body.api_addr, &body.raft_addr).await?;
     Ok(Json(MembershipView::from(&reply)))
 }
 
@@ -664,19 +628,8 @@ async fn promote(
     Extension(session): Extension<Arc<WebSession>>,
     Json(body): Json<NodeBody>,
 ) -> ApiResult<MembershipView> {
-    let request = PromoteVoterRequest { id: body.id };
     let client = crate::commands::membership_client_of(&session.client).await;
-    let reply = client
-        .call_leader(|channel| {
-            let mut admin = client.admin_on(channel);
-            async move {
-                admin
-                    .promote_voter(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let reply = operator::promote(&client, body.id).await?;
     Ok(Json(MembershipView::from(&reply)))
 }
 
@@ -684,22 +637,8 @@ async fn remove(
     Extension(session): Extension<Arc<WebSession>>,
     Json(body): Json<NodeBody>,
 ) -> ApiResult<MembershipView> {
-    let request = RemoveNodeRequest {
-        id: body.id,
-        force: body.force,
-    };
     let client = crate::commands::membership_client_of(&session.client).await;
-    let reply = client
-        .call_leader(|channel| {
-            let mut admin = client.admin_on(channel);
-            async move {
-                admin
-                    .remove_node(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let reply = operator::remove(&client, body.id, body.force).await?;
     Ok(Json(MembershipView::from(&reply)))
 }
 
@@ -734,24 +673,7 @@ async fn find_users(
     Extension(session): Extension<Arc<WebSession>>,
     Query(query): Query<FindQuery>,
 ) -> ApiResult<serde_json::Value> {
-    let request = FindUsersRequest {
-        query: query.q.trim().to_owned(),
-        after_id: 0,
-        limit: FOUND_USERS,
-    };
-    let client = &session.client;
-    let page = client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .find_users(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let page = operator::find_users(&session.client, &query.q, 0, FOUND_USERS).await?;
     let users: Vec<_> = page
         .users
         .iter()
@@ -784,21 +706,7 @@ async fn user_detail(
     client: &agora_peer::ClusterClient,
     name: &str,
 ) -> Result<UserDetail, ApiError> {
-    let request = ShowUserRequest {
-        username: name.to_owned(),
-    };
-    Ok(client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .show_user(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?)
+    Ok(operator::show_user(client, name).await?)
 }
 
 /// Suspend or unsuspend.
@@ -836,25 +744,7 @@ async fn delete_user(
 ) -> ApiResult<serde_json::Value> {
     let name = canonical_username(&body.username)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let request = DeleteUserRequest {
-        request_id: Some(AdminRequestId {
-            id: new_request_id(),
-        }),
-        username: name,
-    };
-    let client = &session.client;
-    let reply = client
-        .call_leader(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .delete_user(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let reply = operator::delete_user(&session.client, &name, &new_request_id()).await?;
     Ok(Json(json!({
         "user_id": reply.user_id,
         "username": reply.username,
@@ -910,18 +800,7 @@ fn settings_view(s: &Settings) -> serde_json::Value {
 }
 
 async fn settings(Extension(session): Extension<Arc<WebSession>>) -> ApiResult<serde_json::Value> {
-    let client = &session.client;
-    let settings = client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            async move {
-                admin
-                    .get_settings(GetSettingsRequest {})
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let settings = operator::settings(&session.client).await?;
     Ok(Json(settings_view(&settings)))
 }
 
@@ -936,26 +815,8 @@ async fn set_setting(
     Extension(session): Extension<Arc<WebSession>>,
     Json(body): Json<SettingBody>,
 ) -> ApiResult<serde_json::Value> {
-    let request = SetSettingRequest {
-        request_id: Some(AdminRequestId {
-            id: new_request_id(),
-        }),
-        name: body.name.trim().to_owned(),
-        value: body.value.trim().to_owned(),
-    };
-    let client = &session.client;
-    let settings = client
-        .call_leader(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move {
-                admin
-                    .set_setting(request)
-                    .await
-                    .map(tonic::Response::into_inner)
-            }
-        })
-        .await?;
+    let settings =
+        operator::set_setting(&session.client, &body.name, &body.value, &new_request_id()).await?;
     Ok(Json(settings_view(&settings)))
 }
 

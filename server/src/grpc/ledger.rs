@@ -64,6 +64,16 @@ impl LedgerApi {
         );
         Ok(self.node.read_barrier(freshness).await?)
     }
+
+    /// A read transaction on the state database: every statement in it sees
+    /// the same applied state (SQLite WAL keeps that snapshot until it ends).
+    async fn read_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Status> {
+        self.node.state.readers().begin().await.map_err(internal)
+    }
+}
+
+fn internal(e: sqlx::Error) -> Status {
+    Status::internal(e.to_string())
 }
 
 fn non_negative(v: i64) -> u64 {
@@ -79,14 +89,18 @@ impl LedgerService for LedgerApi {
         let session = self.node.auth.require_session(request.metadata()).await?;
         let req = request.into_inner();
         let user_id = Self::subject(&session, req.user_id)?;
-        let applied_index = self.barrier(req.consistency).await?;
-        let account = store::ledger::user_account(self.node.state.readers(), user_id)
+        self.barrier(req.consistency).await?;
+        // One read transaction: the balance, the held and pending money and
+        // the index they are reported at all come from the same state.
+        let mut tx = self.read_snapshot().await?;
+        let applied_index = store::meta::applied_index(&mut tx).await.map_err(internal)?;
+        let account = store::ledger::user_account(&mut *tx, user_id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
-        let pending = store::purchases::pending_proceeds(self.node.state.readers(), user_id)
+        let pending = store::purchases::pending_proceeds(&mut *tx, user_id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(internal)?;
         Ok(Response::new(BalanceReply {
             user_id,
             balance: non_negative(account.balance),
@@ -125,10 +139,12 @@ impl LedgerService for LedgerApi {
                 "at most 16 kinds of up to 32 characters",
             ));
         }
-        let applied_index = self.barrier(req.consistency).await?;
-        let account = store::ledger::user_account(self.node.state.readers(), user_id)
+        self.barrier(req.consistency).await?;
+        let mut tx = self.read_snapshot().await?;
+        let applied_index = store::meta::applied_index(&mut tx).await.map_err(internal)?;
+        let account = store::ledger::user_account(&mut *tx, user_id)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
         let filter = FlowFilter {
             kinds: req.kinds,
@@ -137,7 +153,7 @@ impl LedgerService for LedgerApi {
             before_id,
             limit,
         };
-        let flows = store::ledger::flows(self.node.state.readers(), account.id, &filter)
+        let flows = store::ledger::flows(&mut *tx, account.id, &filter)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let next_cursor = if flows.len() == limit as usize {

@@ -45,3 +45,15 @@ pub async fn set<T: Serialize>(
     .await?;
     Ok(())
 }
+
+/// The index of the last applied log entry as seen by `conn` (0 before the
+/// first). Read inside the same transaction as the rows a reply is made
+/// of, it is the exact index of the state that reply shows: the applier
+/// may commit more batches between two statements outside a transaction.
+///
+/// # Errors
+/// Storage or decoding errors.
+pub async fn applied_index(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
+    let applied: Option<crate::raft::typ::LogId> = get(conn, LAST_APPLIED).await?;
+    Ok(applied.map_or(0, |log_id| log_id.index))
+}
