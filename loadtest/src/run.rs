@@ -717,8 +717,12 @@ async fn users(
             }
         }
     }
-    let drained =
-        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
+    // The users stop by themselves at `end`; what is still in flight then
+    // gets `DRAIN` to finish.
+    let drained = tokio::time::timeout_at((end + DRAIN).into(), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         eprintln!(
             "{} operations were still running {} s after the end; abandoned",
