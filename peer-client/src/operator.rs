@@ -119,9 +119,11 @@ pub async fn delete_user(
 /// # Errors
 /// The last error when no node answered.
 pub async fn settings(client: &ClusterClient) -> Result<Settings, ClientError> {
-    admin_read(client, &GetSettingsRequest {}, |mut admin, request| async move {
-        admin.get_settings(request).await
-    })
+    admin_read(
+        client,
+        &GetSettingsRequest {},
+        |mut admin, request| async move { admin.get_settings(request).await },
+    )
     .await
 }
 

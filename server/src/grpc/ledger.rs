@@ -93,7 +93,9 @@ impl LedgerService for LedgerApi {
         // One read transaction: the balance, the held and pending money and
         // the index they are reported at all come from the same state.
         let mut tx = self.read_snapshot().await?;
-        let applied_index = store::meta::applied_index(&mut tx).await.map_err(internal)?;
+        let applied_index = store::meta::applied_index(&mut tx)
+            .await
+            .map_err(internal)?;
         let account = store::ledger::user_account(&mut *tx, user_id)
             .await
             .map_err(internal)?
@@ -141,7 +143,9 @@ impl LedgerService for LedgerApi {
         }
         self.barrier(req.consistency).await?;
         let mut tx = self.read_snapshot().await?;
-        let applied_index = store::meta::applied_index(&mut tx).await.map_err(internal)?;
+        let applied_index = store::meta::applied_index(&mut tx)
+            .await
+            .map_err(internal)?;
         let account = store::ledger::user_account(&mut *tx, user_id)
             .await
             .map_err(internal)?
