@@ -1089,10 +1089,11 @@ pub fn check(history: &History, end: &FinalState) -> Vec<String> {
         // Reads: the balances this buyer's history allows, op by op.
         anomalies.extend(check_reads(*buyer, &ops));
         // And a prefix of the journal: the state at the index the node said
-        // it answered at, or a later one (the node reads its applied index
-        // before the balance, so the index is a lower bound), but none that
-        // includes the buyer's next acknowledged write, which began after
-        // the read ended.
+        // it answered at, or a later one, but none that includes the buyer's
+        // next acknowledged write, which began after the read ended. (Nodes
+        // now read the index and the balance in one transaction, so the
+        // index is exact; a later state is still accepted so that histories
+        // saved before that fix replay as they were judged.)
         anomalies.extend(check_read_prefixes(&who, &ops, &record.journal));
         // The final balance too.
         let possible = possible_balances(&ops);
