@@ -68,11 +68,16 @@ impl LedgerApi {
     /// A read transaction on the state database: every statement in it sees
     /// the same applied state (SQLite WAL keeps that snapshot until it ends).
     async fn read_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Status> {
-        self.node.state.readers().begin().await.map_err(internal)
+        self.node
+            .state
+            .readers()
+            .begin()
+            .await
+            .map_err(|e| internal(&e))
     }
 }
 
-fn internal(e: sqlx::Error) -> Status {
+fn internal(e: &sqlx::Error) -> Status {
     Status::internal(e.to_string())
 }
 
@@ -95,14 +100,14 @@ impl LedgerService for LedgerApi {
         let mut tx = self.read_snapshot().await?;
         let applied_index = store::meta::applied_index(&mut tx)
             .await
-            .map_err(internal)?;
+            .map_err(|e| internal(&e))?;
         let account = store::ledger::user_account(&mut *tx, user_id)
             .await
-            .map_err(internal)?
+            .map_err(|e| internal(&e))?
             .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
         let pending = store::purchases::pending_proceeds(&mut *tx, user_id)
             .await
-            .map_err(internal)?;
+            .map_err(|e| internal(&e))?;
         Ok(Response::new(BalanceReply {
             user_id,
             balance: non_negative(account.balance),
@@ -145,10 +150,10 @@ impl LedgerService for LedgerApi {
         let mut tx = self.read_snapshot().await?;
         let applied_index = store::meta::applied_index(&mut tx)
             .await
-            .map_err(internal)?;
+            .map_err(|e| internal(&e))?;
         let account = store::ledger::user_account(&mut *tx, user_id)
             .await
-            .map_err(internal)?
+            .map_err(|e| internal(&e))?
             .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
         let filter = FlowFilter {
             kinds: req.kinds,
@@ -159,7 +164,7 @@ impl LedgerService for LedgerApi {
         };
         let flows = store::ledger::flows(&mut *tx, account.id, &filter)
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| internal(&e))?;
         let next_cursor = if flows.len() == limit as usize {
             flows.last().map(|f| f.id.to_string()).unwrap_or_default()
         } else {
