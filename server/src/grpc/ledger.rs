@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::request_key;
 use crate::auth::Session;
+use crate::domain::ledger::Account;
 use crate::node::{Freshness, Node};
 use crate::raft::command::{Op, Outcome, Proposal};
 use crate::store;
@@ -65,15 +66,32 @@ impl LedgerApi {
         Ok(self.node.read_barrier(freshness).await?)
     }
 
-    /// A read transaction on the state database: every statement in it sees
-    /// the same applied state (SQLite WAL keeps that snapshot until it ends).
-    async fn read_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Status> {
-        self.node
+    /// Waits for `consistency`, then opens a read transaction on the state
+    /// database and reads `user_id`'s account and the applied index in it.
+    /// Every later statement in the transaction sees the same state (SQLite
+    /// WAL keeps that snapshot until it ends), so a reply made from it is
+    /// exactly the state at the index it reports.
+    async fn account_snapshot(
+        &self,
+        consistency: Option<ReadConsistency>,
+        user_id: u64,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Sqlite>, u64, Account), Status> {
+        self.barrier(consistency).await?;
+        let mut tx = self
+            .node
             .state
             .readers()
             .begin()
             .await
-            .map_err(|e| internal(&e))
+            .map_err(|e| internal(&e))?;
+        let applied_index = store::meta::applied_index(&mut tx)
+            .await
+            .map_err(|e| internal(&e))?;
+        let account = store::ledger::user_account(&mut *tx, user_id)
+            .await
+            .map_err(|e| internal(&e))?
+            .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
+        Ok((tx, applied_index, account))
     }
 }
 
@@ -94,17 +112,10 @@ impl LedgerService for LedgerApi {
         let session = self.node.auth.require_session(request.metadata()).await?;
         let req = request.into_inner();
         let user_id = Self::subject(&session, req.user_id)?;
-        self.barrier(req.consistency).await?;
-        // One read transaction: the balance, the held and pending money and
-        // the index they are reported at all come from the same state.
-        let mut tx = self.read_snapshot().await?;
-        let applied_index = store::meta::applied_index(&mut tx)
-            .await
-            .map_err(|e| internal(&e))?;
-        let account = store::ledger::user_account(&mut *tx, user_id)
-            .await
-            .map_err(|e| internal(&e))?
-            .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
+        // The balance, the held and pending money and the index they are
+        // reported at all come from one state.
+        let (mut tx, applied_index, account) =
+            self.account_snapshot(req.consistency, user_id).await?;
         let pending = store::purchases::pending_proceeds(&mut *tx, user_id)
             .await
             .map_err(|e| internal(&e))?;
@@ -146,15 +157,8 @@ impl LedgerService for LedgerApi {
                 "at most 16 kinds of up to 32 characters",
             ));
         }
-        self.barrier(req.consistency).await?;
-        let mut tx = self.read_snapshot().await?;
-        let applied_index = store::meta::applied_index(&mut tx)
-            .await
-            .map_err(|e| internal(&e))?;
-        let account = store::ledger::user_account(&mut *tx, user_id)
-            .await
-            .map_err(|e| internal(&e))?
-            .ok_or_else(|| Status::not_found(format!("user {user_id} has no account")))?;
+        let (mut tx, applied_index, account) =
+            self.account_snapshot(req.consistency, user_id).await?;
         let filter = FlowFilter {
             kinds: req.kinds,
             from_ms: (req.from_ms > 0).then_some(req.from_ms),
