@@ -203,6 +203,25 @@ pub async fn withdraw(
         .await?)
 }
 
+/// Runs one admin read on any node, falling back to the others.
+pub(crate) async fn admin_read<Req, T, F, Fut>(
+    client: &ClusterClient,
+    request: &Req,
+    call: F,
+) -> Result<T, ClientError>
+where
+    Req: Clone,
+    F: Fn(AdminClient, Req) -> Fut,
+    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+{
+    Ok(client
+        .call_any(|channel| {
+            let fut = call(client.admin_on(channel), request.clone());
+            async move { fut.await.map(Response::into_inner) }
+        })
+        .await?)
+}
+
 /// Runs one admin write on the leader with the usual retries.
 pub(crate) async fn admin_write<Req, T, F, Fut>(
     client: &ClusterClient,
@@ -328,13 +347,10 @@ pub async fn standing(
     let request = agora_proto::admin::StandingRequest {
         username: username.to_owned(),
     };
-    Ok(client
-        .call_any(|channel| {
-            let mut admin = client.admin_on(channel);
-            let request = request.clone();
-            async move { admin.standing(request).await.map(Response::into_inner) }
-        })
-        .await?)
+    admin_read(client, &request, |mut admin, request| async move {
+        admin.standing(request).await
+    })
+    .await
 }
 
 /// A hold to open: `amount` cents of `holder`'s money reserved for

@@ -7,35 +7,14 @@
 //! request id per logical write. Every call needs an admin session or the
 //! operator certificate.
 
+use crate::ledger::{admin_id, admin_read, admin_write};
+use crate::{ClientError, ClusterClient};
 use agora_proto::admin::{
     AddLearnerRequest, DeleteUserReply, DeleteUserRequest, EventsReply, EventsRequest,
     FindUsersReply, FindUsersRequest, GetSettingsRequest, Member, MembershipReply,
     PromoteVoterRequest, RemoveNodeRequest, SetSettingRequest, Settings, ShowUserRequest,
     UserDetail,
 };
-use tonic::{Response, Status};
-
-use crate::ledger::{admin_id, admin_write};
-use crate::{AdminClient, ClientError, ClusterClient};
-
-/// Runs one admin read on any node, falling back to the others.
-async fn admin_read<Req, T, F, Fut>(
-    client: &ClusterClient,
-    request: &Req,
-    call: F,
-) -> Result<T, ClientError>
-where
-    Req: Clone,
-    F: Fn(AdminClient, Req) -> Fut,
-    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
-{
-    Ok(client
-        .call_any(|channel| {
-            let fut = call(client.admin_on(channel), request.clone());
-            async move { fut.await.map(Response::into_inner) }
-        })
-        .await?)
-}
 
 /// A page of the replicated event log: events after `since_id`, oldest
 /// first, at most `limit` (0: the node's default).
