@@ -208,7 +208,7 @@ async fn crash_one(
         }
         None => match operator.admin(node) {
             Ok(mut admin) => admin
-                .crash(CrashRequest {})
+                .crash(CrashRequest::default())
                 .await
                 .map(|_| ())
                 .map_err(|s| anyhow::anyhow!("node {node} refused to crash: {}", s.message())),

@@ -72,6 +72,9 @@ pub enum EventKind {
     UserDeleted,
     /// An admin changed a setting.
     SettingChanged,
+    /// A node found its raft log damaged at start and repaired it, or
+    /// caught up after such a repair.
+    LogRepaired,
 }
 
 impl EventKind {
@@ -93,6 +96,7 @@ impl EventKind {
             Self::AuditFailed => "audit_failed",
             Self::UserDeleted => "user_deleted",
             Self::SettingChanged => "setting_changed",
+            Self::LogRepaired => "log_repaired",
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct NodeLocal {
     pub log_file: Option<PathBuf>,
     /// Its gRPC request counter.
     pub requests: RequestRate,
+    /// Whether it abstains from elections (after log damage).
+    pub abstention: crate::raft::recovery::Abstention,
 }
 
 /// A proposal waiting for the batcher, with where to send its result.

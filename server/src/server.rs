@@ -23,7 +23,7 @@ use tonic::transport::Server;
 
 use crate::activity::RequestRate;
 use crate::config::{ConfigError, NodeConfig};
-use crate::events::EventSink;
+use crate::events::{EventKind, EventSink};
 use crate::grpc::account::AccountApi;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::catalogue::CatalogueApi;
@@ -38,6 +38,7 @@ use crate::observability;
 use crate::presence::{self, Leases};
 use crate::raft::log_store::LogStore;
 use crate::raft::network::{PeerChannels, MAX_RAFT_MESSAGE_BYTES};
+use crate::raft::recovery::{run_abstention, Abstention};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::{self, StorageError};
 use crate::raft::NodeAddr;
@@ -123,6 +124,23 @@ fn no_delay(
     })
 }
 
+/// Resolves when the Raft core has stopped (a panic in it, or a storage
+/// error it cannot go on after), with why.
+async fn raft_core_stopped(raft: &typ::Raft) -> String {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return match &metrics.borrow().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "it ended without an error".to_owned(),
+            };
+        }
+    }
+}
+
 /// Runs a node until `shutdown` resolves, then stops it gracefully.
 ///
 /// # Errors
@@ -140,8 +158,22 @@ pub async fn run(
     let start_kind = crate::events::start_kind(&config.data_dir)?;
     let (events, notes) = EventSink::channel();
 
-    let log = LogStore::open(&config.data_dir.join("raft-log.db")).await?;
     let state = StateMachine::open(&config.data_dir).await?;
+    let (log, damage) = LogStore::open(
+        &config.data_dir.join("raft-log.db"),
+        config.id,
+        state.last_applied().await?,
+    )
+    .await?;
+    if let Some(damage) = &damage {
+        tracing::warn!(%damage, "the raft log was damaged and has been repaired");
+    }
+    state.forget_snapshot_behind(log.last_purged()).await?;
+    let abstention = if damage.as_ref().is_some_and(|d| d.entries_lost) {
+        Abstention::until_caught_up()
+    } else {
+        Abstention::voting()
+    };
     let peers = PeerChannels::new(tls.peer_client(), config.raft_source_ip);
     let raft = typ::Raft::new(
         config.id,
@@ -180,10 +212,28 @@ pub async fn run(
             data_dir: config.data_dir.clone(),
             log_file: config.log_file.clone(),
             requests: requests.clone(),
+            abstention: abstention.clone(),
         },
     );
     let started = crate::events::start_note(config.id, start_kind);
     events.note(started.kind, started.subject_node_id, started.message);
+    if let Some(damage) = &damage {
+        events.note(
+            EventKind::LogRepaired,
+            config.id,
+            format!(
+                "node {} repaired its raft log at start: {damage}",
+                config.id
+            ),
+        );
+    }
+    tokio::spawn(run_abstention(
+        raft.clone(),
+        abstention,
+        node.state.applied(),
+        events.clone(),
+        config.id,
+    ));
     tokio::spawn(crate::events::run_recorder(node.clone(), notes));
     tokio::spawn(crate::events::run_watcher(node.clone()));
     tokio::spawn(requests.clone().run_sampler());
@@ -287,7 +337,21 @@ pub async fn run(
     let api_task = tokio::spawn(api_server);
     let raft_task = tokio::spawn(raft_server);
     let metrics_task = tokio::spawn(metrics_server);
-    shutdown.await;
+    tokio::select! {
+        () = shutdown => {}
+        stopped = raft_core_stopped(&raft) => {
+            // A node without its Raft core answers nothing useful and never
+            // heals; exit so that the supervisor restarts it on its data.
+            let message = format!(
+                "the Raft core of node {} stopped by itself ({stopped}); the node exits \
+                 so that it can be restarted (its data directory is intact)",
+                config.id
+            );
+            tracing::error!("{message}");
+            let _ = stop_tx.send(true);
+            return Err(NodeError::Raft(message));
+        }
+    }
     tracing::info!("shutting down");
     // Say so in the event log while the node can still reach the leader
     // (bounded: a node cut off from the cluster must still stop).

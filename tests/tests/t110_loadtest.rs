@@ -117,7 +117,7 @@ async fn crash_rpc_needs_fault_injection() -> anyhow::Result<()> {
     let refused = cluster
         .client()
         .admin(1)?
-        .crash(CrashRequest {})
+        .crash(CrashRequest::default())
         .await
         .err()
         .context("a node without --enable-fault-injection crashed on request")?;
@@ -139,7 +139,7 @@ async fn crash_rpc_needs_fault_injection() -> anyhow::Result<()> {
     let reply = cluster
         .client()
         .admin(1)?
-        .crash(CrashRequest {})
+        .crash(CrashRequest::default())
         .await?
         .into_inner();
     assert_eq!(reply.id, 1);

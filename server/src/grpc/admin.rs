@@ -1084,6 +1084,17 @@ impl AdminService for AdminApi {
                 "fault injection is off on this node; start it with --enable-fault-injection to allow Crash",
             ));
         }
+        if request.get_ref().raft_core_only {
+            tracing::warn!(id = self.node.id, "Crash requested: stopping the Raft core");
+            let raft = self.node.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(CRASH_DELAY).await;
+                let _ = raft.shutdown().await;
+            });
+            return Ok(Response::new(agora_proto::admin::CrashReply {
+                id: self.node.id,
+            }));
+        }
         tracing::warn!(id = self.node.id, "Crash requested: aborting the process");
         // Abort from another task, after the reply has had time to leave,
         // so the caller knows the request was taken rather than lost.

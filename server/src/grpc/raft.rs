@@ -14,6 +14,8 @@ use crate::error::WriteError;
 use crate::node::Node;
 use crate::raft::command::Proposal;
 use crate::raft::network::{decode, encode};
+use crate::raft::TypeConfig;
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse};
 
 /// The service, over a running node.
 pub struct RaftApi {
@@ -45,12 +47,26 @@ impl RaftService for RaftApi {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let rpc = parse(request.get_ref())?;
-        reply(&self.node.raft.append_entries(rpc).await)
+        let rpc: AppendEntriesRequest<TypeConfig> = parse(request.get_ref())?;
+        let leader_commit = rpc.leader_commit.map_or(0, |l| l.index);
+        let result = self.node.raft.append_entries(rpc).await;
+        if matches!(
+            result,
+            Ok(AppendEntriesResponse::Success | AppendEntriesResponse::PartialSuccess(_))
+        ) {
+            self.node.local.abstention.saw_leader_commit(leader_commit);
+        }
+        reply(&result)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let rpc = parse(request.get_ref())?;
+        let applied = *self.node.state.applied().borrow();
+        self.node
+            .local
+            .abstention
+            .may_vote(applied)
+            .map_err(Status::unavailable)?;
         reply(&self.node.raft.vote(rpc).await)
     }
 

@@ -11,11 +11,24 @@
 //!
 //! The mirror holds the entries since the last purge; the snapshot policy
 //! bounds how many that is.
+//!
+//! **Damage.** A torn last record, or a log file restored from an older
+//! copy, loses the log's newest transaction (entries and a vote) while
+//! `state.db` keeps what it applied. [`LogStore::open`] checks the log
+//! against the state machine's last applied log id and repairs what it can
+//! prove: a log that no longer holds the applied entry is treated as purged
+//! up to it (the leader sends the rest), and a vote older than the term of
+//! that entry is raised to it. The vote is also kept in a second file
+//! ([`VOTE_FILE`], written atomically after the log's transaction), so a
+//! torn log cannot make a node vote twice in one term. What it repaired is
+//! returned as [`LogDamage`]: the node then abstains from elections until
+//! it has caught up with a leader (acknowledged entries may be among what
+//! was lost).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,6 +51,8 @@ const MAX_OPS_PER_BATCH: usize = 4096;
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// The second copy of the vote, beside the log database.
+pub const VOTE_FILE: &str = "raft-vote.json";
 
 /// The log store handed to openraft; cheap to clone (readers share it).
 #[derive(Clone)]
@@ -69,8 +84,9 @@ enum WriteOp {
     },
     Truncate(u64),
     Purge(LogId),
-    /// A vote (bincode), answered once it is on disk.
+    /// A vote (and its bincode), answered once it is on disk.
     SaveVote {
+        vote: Vote,
         value: Vec<u8>,
         done: oneshot::Sender<Result<(), String>>,
     },
@@ -84,13 +100,158 @@ fn write_err(e: &(impl std::error::Error + 'static)) -> StorageError {
     storage_io(ErrorSubject::Logs, ErrorVerb::Write, e)
 }
 
+fn vote_err(verb: ErrorVerb, e: &(impl std::error::Error + 'static)) -> StorageError {
+    storage_io(ErrorSubject::Vote, verb, e)
+}
+
+/// What [`LogStore::open`] found wrong with the log and repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogDamage {
+    /// Sentences for the operator, one per repair.
+    pub repairs: Vec<String>,
+    /// Whether entries were lost beyond what the state machine applied
+    /// (some may have been acknowledged to a leader).
+    pub entries_lost: bool,
+}
+
+impl std::fmt::Display for LogDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.repairs.join("; "))
+    }
+}
+
+/// The newer of the log's vote and the vote file's; an error when they
+/// cannot be ordered (openraft orders every pair of its default leader ids,
+/// so that would mean files from two different nodes).
+fn newest_vote(in_log: Option<Vote>, in_file: Option<Vote>) -> Result<Option<Vote>, String> {
+    match (in_log, in_file) {
+        (Some(a), Some(b)) => match a.partial_cmp(&b) {
+            Some(std::cmp::Ordering::Less) => Ok(Some(b)),
+            Some(_) => Ok(Some(a)),
+            None => Err(format!(
+                "the vote in the raft log ({a}) and in {VOTE_FILE} ({b}) cannot be ordered; \
+                 one of the files does not belong to this node"
+            )),
+        },
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// Checks the loaded log against `applied`, the state machine's last
+/// applied log id, and repairs what the state proves (see the module
+/// header). Pure, so every case is unit-tested.
+fn repair(mirror: &mut Mirror, applied: Option<LogId>) -> Option<LogDamage> {
+    let applied = applied?;
+    let mut damage = LogDamage {
+        repairs: Vec::new(),
+        entries_lost: false,
+    };
+    let covered = mirror
+        .last_purged
+        .is_some_and(|purged| purged.index >= applied.index);
+    let holds = mirror
+        .entries
+        .get(&applied.index)
+        .is_some_and(|entry| entry.log_id == applied);
+    if !covered && !holds {
+        let last = mirror
+            .entries
+            .values()
+            .next_back()
+            .map(|entry| entry.log_id)
+            .or(mirror.last_purged);
+        damage.repairs.push(format!(
+            "the raft log is behind the state machine: it ends at {} but the state has \
+             applied {applied}, so its newest records were lost (a torn write or an older \
+             copy of the file); it now counts as purged up to {applied} and the leader will \
+             send the rest",
+            last.map_or_else(|| "the beginning".to_owned(), |l| l.to_string()),
+        ));
+        damage.entries_lost = true;
+        mirror.entries.clear();
+        mirror.last_purged = Some(applied);
+        mirror.committed = Some(applied);
+    }
+    let leader = applied.leader_id;
+    if mirror
+        .vote
+        .is_none_or(|vote| vote.leader_id().term < leader.term)
+    {
+        let raised = Vote::new_committed(leader.term, leader.node_id);
+        damage.repairs.push(format!(
+            "the vote ({}) is older than the term of the last applied entry; it is now {raised}",
+            mirror
+                .vote
+                .map_or_else(|| "none".to_owned(), |v| v.to_string()),
+        ));
+        mirror.vote = Some(raised);
+    }
+    (!damage.repairs.is_empty()).then_some(damage)
+}
+
+/// The vote a node starts with: its own granted leadership (a committed
+/// vote for itself) becomes a plain vote for itself in the same term.
+///
+/// openraft resumes leadership at start when the vote is a committed vote
+/// for this node, appending after whatever log it found. After a crash,
+/// that log may have lost entries this leader had already replicated (a
+/// torn last record), and the next entries it appends would reuse their
+/// log ids with other contents: two histories under one leader id. As in
+/// the Raft paper, a node restarts as a follower instead, and the cluster
+/// elects a leader in a newer term (which it must do anyway while the
+/// leader is down). Granting votes is unchanged: the same candidate and
+/// term still order the same against every other vote.
+fn restart_as_follower(vote: Vote, id: u64) -> Vote {
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(id) {
+        Vote::new(vote.leader_id().term, id)
+    } else {
+        vote
+    }
+}
+
+fn read_vote_file(path: &Path) -> Result<Option<Vote>, StorageError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| vote_err(ErrorVerb::Read, &e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(vote_err(ErrorVerb::Read, &e)),
+    }
+}
+
+/// Replaces the vote file atomically: a synced temporary file renamed over
+/// it, then the directory synced.
+async fn write_vote_file(path: PathBuf, vote: Vote) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&vote).map_err(std::io::Error::other)?;
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 impl LogStore {
-    /// Opens (or creates) the log database at `path`, loads it, and starts
-    /// the writer task.
+    /// Opens (or creates) the log database at `path`, loads it, checks it
+    /// against `applied` (the state machine's last applied log id) and
+    /// repairs what it can prove (see the module header), and starts the
+    /// writer task. Returns what was repaired, if anything.
     ///
     /// # Errors
-    /// When the file cannot be opened or holds an entry that does not decode.
-    pub async fn open(path: &Path) -> Result<Self, StorageError> {
+    /// When the file cannot be opened or holds an entry that does not decode,
+    /// or the two copies of the vote contradict each other.
+    pub async fn open(
+        path: &Path,
+        id: u64,
+        applied: Option<LogId>,
+    ) -> Result<(Self, Option<LogDamage>), StorageError> {
         let mut conn = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -136,9 +297,42 @@ impl LogStore {
                 _ => {}
             }
         }
+        let vote_file = path.with_file_name(VOTE_FILE);
+        let file_vote = read_vote_file(&vote_file)?;
+        let log_vote = mirror.vote;
+        mirror.vote = newest_vote(log_vote, file_vote)
+            .map_err(|e| vote_err(ErrorVerb::Read, &std::io::Error::other(e)))?;
+        let mut damage = repair(&mut mirror, applied);
+        if mirror.vote != log_vote && mirror.vote == file_vote {
+            damage
+                .get_or_insert_with(|| LogDamage {
+                    repairs: Vec::new(),
+                    entries_lost: false,
+                })
+                .repairs
+                .insert(
+                    0,
+                    format!(
+                        "the raft log lost its newest vote; {} restored it from {VOTE_FILE}",
+                        file_vote.map_or_else(String::new, |v| v.to_string())
+                    ),
+                );
+        }
+        if let Some(damage) = &damage {
+            persist_repair(&mut conn, &mirror, damage.entries_lost)
+                .await
+                .map_err(|e| write_err(&e))?;
+            if let Some(vote) = mirror.vote {
+                write_vote_file(vote_file.clone(), vote)
+                    .await
+                    .map_err(|e| vote_err(ErrorVerb::Write, &e))?;
+            }
+        }
+        mirror.vote = mirror.vote.map(|vote| restart_as_follower(vote, id));
         tracing::info!(
             entries = mirror.entries.len(),
             last_purged = ?mirror.last_purged,
+            vote = ?mirror.vote,
             "raft log loaded"
         );
         let (tx, rx) = mpsc::unbounded_channel();
@@ -148,8 +342,14 @@ impl LogStore {
                 writer: tx,
             }),
         };
-        tokio::spawn(run_writer(conn, rx, store.clone()));
-        Ok(store)
+        tokio::spawn(run_writer(conn, rx, store.clone(), vote_file));
+        Ok((store, damage))
+    }
+
+    /// The log id the log is purged up to (covered by a snapshot).
+    #[must_use]
+    pub fn last_purged(&self) -> Option<LogId> {
+        self.read_mirror(|m| m.last_purged)
     }
 
     /// The highest log index this node knows to be committed.
@@ -224,7 +424,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A vote must be on disk before the node acts on it.
         let value = bincode::serialize(&Some(*vote)).map_err(|e| write_err(&e))?;
         let (done, rx) = oneshot::channel();
-        self.send(WriteOp::SaveVote { value, done })?;
+        self.send(WriteOp::SaveVote {
+            vote: *vote,
+            value,
+            done,
+        })?;
         rx.await
             .map_err(|_| write_err(&std::io::Error::other("the raft log writer has stopped")))?
             .map_err(|e| write_err(&std::io::Error::other(e)))
@@ -285,12 +489,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, sqlx::Error> {
+    bincode::serialize(value).map_err(|e| sqlx::Error::Encode(e))
+}
+
+/// Writes what [`repair`] changed, in one transaction.
+async fn persist_repair(
+    conn: &mut SqliteConnection,
+    mirror: &Mirror,
+    entries_lost: bool,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    if entries_lost {
+        sqlx::query("DELETE FROM log").execute(&mut *tx).await?;
+    }
+    upsert_meta(&mut tx, VOTE, &encode(&mirror.vote)?).await?;
+    upsert_meta(&mut tx, COMMITTED, &encode(&mirror.committed)?).await?;
+    upsert_meta(&mut tx, LAST_PURGED, &encode(&mirror.last_purged)?).await?;
+    tx.commit().await
+}
+
 /// Owns the connection; persists queued operations in batches, one
-/// transaction (one fsync) per batch.
+/// transaction (one fsync) per batch, then the vote file when the batch
+/// held a vote.
 async fn run_writer(
     mut conn: SqliteConnection,
     mut rx: mpsc::UnboundedReceiver<WriteOp>,
     store: LogStore,
+    vote_file: PathBuf,
 ) {
     // The writer holds a clone of the store only to read the commit index;
     // it ends when openraft drops its handles (the channel closes).
@@ -311,8 +537,17 @@ async fn run_writer(
                 .and_then(|c| bincode::serialize(&Some(c)).ok())
         });
         let started = Instant::now();
-        let result = write_batch(&mut conn, &batch, committed.as_deref()).await;
+        let mut result = write_batch(&mut conn, &batch, committed.as_deref()).await;
         record_batch(&batch, started.elapsed());
+        let newest_vote = batch.iter().rev().find_map(|op| match op {
+            WriteOp::SaveVote { vote, .. } => Some(*vote),
+            _ => None,
+        });
+        if let (Ok(()), Some(vote)) = (&result, newest_vote) {
+            if let Err(e) = write_vote_file(vote_file.clone(), vote).await {
+                result = Err(sqlx::Error::Io(e));
+            }
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "writing the raft log failed");
         }
@@ -408,4 +643,164 @@ async fn upsert_meta(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    fn log_id(term: u64, leader: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, leader), index)
+    }
+
+    /// A mirror holding blank entries at `ids`, voted for `vote`.
+    fn mirror(ids: &[LogId], purged: Option<LogId>, vote: Option<Vote>) -> Mirror {
+        Mirror {
+            entries: ids
+                .iter()
+                .map(|id| {
+                    (
+                        id.index,
+                        Entry {
+                            log_id: *id,
+                            payload: EntryPayload::Blank,
+                        },
+                    )
+                })
+                .collect(),
+            last_purged: purged,
+            vote,
+            committed: ids.last().copied(),
+        }
+    }
+
+    #[test]
+    fn a_log_that_holds_the_applied_entry_is_left_alone() {
+        let ids = [log_id(2, 1, 5), log_id(2, 1, 6), log_id(2, 1, 7)];
+        let mut m = mirror(&ids, Some(log_id(1, 1, 4)), Some(Vote::new_committed(2, 1)));
+        assert_eq!(repair(&mut m, Some(log_id(2, 1, 6))), None);
+        assert_eq!(m.entries.len(), 3);
+        // Nothing applied yet, or applied below the purge point: fine too.
+        assert_eq!(repair(&mut m, None), None);
+        assert_eq!(repair(&mut m, Some(log_id(1, 1, 3))), None);
+    }
+
+    #[test]
+    fn a_log_that_lost_its_tail_counts_as_purged_up_to_the_applied_entry() {
+        // The log ends at 7 of term 2; the state applied 9 of term 3.
+        let ids = [log_id(2, 1, 6), log_id(2, 1, 7)];
+        let mut m = mirror(&ids, Some(log_id(2, 1, 5)), Some(Vote::new_committed(2, 1)));
+        let applied = log_id(3, 2, 9);
+        let damage = repair(&mut m, Some(applied)).expect("damage found");
+        assert!(damage.entries_lost);
+        assert!(
+            damage.repairs[0].contains("the raft log is behind the state machine"),
+            "{damage}"
+        );
+        assert!(m.entries.is_empty());
+        assert_eq!(m.last_purged, Some(applied));
+        assert_eq!(m.committed, Some(applied));
+        // The vote of term 2 is older than the applied entry's leader.
+        assert_eq!(m.vote, Some(Vote::new_committed(3, 2)));
+        assert_eq!(damage.repairs.len(), 2, "{damage}");
+    }
+
+    #[test]
+    fn stale_entries_of_an_older_term_at_the_applied_index_are_dropped() {
+        // A lost truncation brought back entries 8..=12 of term 2, while
+        // the state applied 9 of term 3 (the entries that replaced them).
+        let ids: Vec<LogId> = (8..=12).map(|i| log_id(2, 1, i)).collect();
+        let mut m = mirror(&ids, Some(log_id(2, 1, 7)), Some(Vote::new_committed(3, 2)));
+        let damage = repair(&mut m, Some(log_id(3, 2, 9))).expect("damage found");
+        assert!(damage.entries_lost);
+        assert_eq!(damage.repairs.len(), 1, "the vote was current: {damage}");
+        assert!(m.entries.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_log_gets_the_applied_entry_and_its_leader_back() {
+        let mut m = Mirror::default();
+        let damage = repair(&mut m, Some(log_id(4, 3, 100))).expect("damage found");
+        assert!(damage.entries_lost);
+        assert_eq!(m.last_purged, Some(log_id(4, 3, 100)));
+        assert_eq!(m.vote, Some(Vote::new_committed(4, 3)));
+    }
+
+    #[test]
+    fn the_newer_vote_of_the_two_copies_wins() {
+        let old = Vote::new_committed(2, 1);
+        let new = Vote::new(3, 2);
+        assert_eq!(newest_vote(Some(old), Some(new)), Ok(Some(new)));
+        assert_eq!(newest_vote(Some(new), Some(old)), Ok(Some(new)));
+        assert_eq!(newest_vote(None, Some(old)), Ok(Some(old)));
+        assert_eq!(newest_vote(Some(old), None), Ok(Some(old)));
+        assert_eq!(newest_vote(None, None), Ok(None));
+        // Committed beats uncommitted for the same candidate.
+        assert_eq!(
+            newest_vote(Some(Vote::new(3, 2)), Some(Vote::new_committed(3, 2))),
+            Ok(Some(Vote::new_committed(3, 2)))
+        );
+        // Leader ids order by term, then node id (openraft's default,
+        // several leaders per term): the higher candidate is the newer vote.
+        assert_eq!(
+            newest_vote(Some(Vote::new(3, 1)), Some(Vote::new(3, 2))),
+            Ok(Some(Vote::new(3, 2)))
+        );
+    }
+
+    #[test]
+    fn a_leader_restarts_as_a_follower() {
+        // Its own granted leadership becomes a plain vote for itself.
+        assert_eq!(
+            restart_as_follower(Vote::new_committed(4, 2), 2),
+            Vote::new(4, 2)
+        );
+        // Anything else is kept.
+        for vote in [Vote::new_committed(4, 1), Vote::new(4, 2), Vote::new(4, 3)] {
+            assert_eq!(restart_as_follower(vote, 2), vote);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_vote_survives_a_log_that_lost_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft-log.db");
+        {
+            let (mut store, damage) = LogStore::open(&path, 1, None).await.expect("opens");
+            assert_eq!(damage, None);
+            store
+                .save_vote(&Vote::new(1, 1))
+                .await
+                .expect("saves a vote");
+            store
+                .save_vote(&Vote::new(5, 2))
+                .await
+                .expect("saves a vote");
+        }
+        // Take the newest vote out of the log database, as a torn write would.
+        let mut conn = SqliteConnectOptions::new()
+            .filename(&path)
+            .connect()
+            .await
+            .expect("opens the file");
+        upsert_meta(
+            &mut conn,
+            VOTE,
+            &bincode::serialize(&Some(Vote::new(1, 1))).expect("encodes"),
+        )
+        .await
+        .expect("rolls the vote back");
+        conn.close().await.expect("closes");
+
+        let (mut store, damage) = LogStore::open(&path, 1, None).await.expect("opens again");
+        assert_eq!(
+            store.read_vote().await.expect("reads"),
+            Some(Vote::new(5, 2))
+        );
+        let damage = damage.expect("the restored vote is reported");
+        assert!(damage.repairs[0].contains(VOTE_FILE), "{damage}");
+        assert!(!damage.entries_lost);
+    }
 }

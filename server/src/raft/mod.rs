@@ -7,6 +7,7 @@
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod recovery;
 pub mod state_machine;
 
 use serde::{Deserialize, Serialize};

@@ -164,6 +164,54 @@ impl StateMachine {
         }
     }
 
+    /// The last applied log id, as recorded with the data it describes.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn last_applied(&self) -> Result<Option<LogId>, StorageError> {
+        let mut conn = self.shared.writer.lock().await;
+        meta::get(&mut conn, meta::LAST_APPLIED)
+            .await
+            .map_err(|e| sm_err(ErrorVerb::Read, &e))
+    }
+
+    /// Forgets the current snapshot when it does not reach `purged`, the
+    /// log's purge point (a node killed between installing a snapshot's
+    /// rows and recording it, or a log repaired past it). openraft then
+    /// builds a fresh snapshot at start, so a follower that needs one never
+    /// gets a snapshot older than the log this node still holds. Returns
+    /// whether it forgot one.
+    ///
+    /// # Errors
+    /// When the record cannot be read or removed.
+    pub async fn forget_snapshot_behind(
+        &self,
+        purged: Option<LogId>,
+    ) -> Result<bool, StorageError> {
+        let Some(purged) = purged else {
+            return Ok(false);
+        };
+        let Some(current) = self.read_current().await? else {
+            return Ok(false);
+        };
+        if current
+            .meta
+            .last_log_id
+            .is_some_and(|l| l.index >= purged.index)
+        {
+            return Ok(false);
+        }
+        tokio::fs::remove_file(self.current_path())
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, &e))?;
+        tracing::warn!(
+            snapshot = ?current.meta.last_log_id,
+            purged = %purged,
+            "the current snapshot ends before the log's purge point; a new one will be built"
+        );
+        Ok(true)
+    }
+
     /// Records `file` as the current snapshot (atomically) and deletes the
     /// files of older snapshots.
     async fn set_current(&self, meta: &SnapshotMeta, file: &str) -> Result<(), StorageError> {
