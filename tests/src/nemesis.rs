@@ -54,20 +54,26 @@ pub enum FaultKind {
     OneWayCut,
     /// Add latency (50-400 ms each way) to every link of a random node.
     SlowNode,
-    /// SIGKILL a follower, tear the last record of its Raft log (truncate
-    /// `raft-log.db-wal` mid-frame, as a crash during a write would leave
-    /// it), restart it after the hold: it must recover (SQLite drops the
-    /// torn frame) and catch up, or refuse to start with a clear message.
+    /// SIGKILL a random node (the leader too), tear the last record of its
+    /// Raft log (truncate `raft-log.db-wal` mid-frame, as a crash during a
+    /// write would leave it), restart it after the hold: it must recover
+    /// (SQLite drops the torn frame, the log store repairs against the
+    /// state machine) and catch up, or refuse to start with a clear message.
     TornLog,
     /// Tell a random node to build a snapshot and SIGKILL it 2-60 ms
     /// later (while `VACUUM INTO` writes the copy); restart it after the
     /// hold.
     KillDuringSnapshot,
+    /// SIGKILL a follower, have the leader snapshot and purge its log past
+    /// it, restart it, and SIGKILL it again 0-3 ms after it starts
+    /// receiving the leader's snapshot (`snapshots/incoming.db` appears);
+    /// restart it after the hold.
+    KillDuringInstall,
 }
 
 impl FaultKind {
     /// Every kind, for the soak.
-    pub const ALL: [FaultKind; 10] = [
+    pub const ALL: [FaultKind; 11] = [
         FaultKind::KillNode,
         FaultKind::KillLeader,
         FaultKind::PauseNode,
@@ -78,6 +84,7 @@ impl FaultKind {
         FaultKind::SlowNode,
         FaultKind::TornLog,
         FaultKind::KillDuringSnapshot,
+        FaultKind::KillDuringInstall,
     ];
 }
 
@@ -236,6 +243,9 @@ impl ChaosCluster {
             | FaultKind::KillLeader
             | FaultKind::PauseNode
             | FaultKind::PauseLeader
+            | FaultKind::TornLog
+            | FaultKind::KillDuringSnapshot
+            | FaultKind::KillDuringInstall
                 if !may_stop =>
             {
                 None
@@ -269,23 +279,15 @@ impl ChaosCluster {
                     None => None,
                 }
             }
-            FaultKind::TornLog => {
-                let leader = self.leader().await;
-                let followers: Vec<u64> = healthy
-                    .iter()
-                    .copied()
-                    .filter(|id| Some(*id) != leader)
-                    .collect();
-                match followers.choose(rng).copied() {
-                    Some(id) => {
-                        self.cluster.kill(id)?;
-                        let torn = tear_log(&self.cluster, id, rng)?;
-                        self.note(format!("{kind:?}: killed node {id} (SIGKILL), {torn}"));
-                        Some(Active::Killed(id))
-                    }
-                    None => None,
+            FaultKind::TornLog => match random {
+                Some(id) => {
+                    self.cluster.kill(id)?;
+                    let torn = tear_log(&self.cluster, id, rng)?;
+                    self.note(format!("{kind:?}: killed node {id} (SIGKILL), {torn}"));
+                    Some(Active::Killed(id))
                 }
-            }
+                None => None,
+            },
             FaultKind::KillDuringSnapshot => match random {
                 Some(id) => {
                     let mut admin = self.cluster.client().admin(id)?;
@@ -315,6 +317,25 @@ impl ChaosCluster {
                 }
                 None => None,
             },
+            FaultKind::KillDuringInstall => {
+                let leader = self.leader().await;
+                let follower = healthy
+                    .iter()
+                    .copied()
+                    .filter(|id| Some(*id) != leader)
+                    .collect::<Vec<_>>()
+                    .choose(rng)
+                    .copied();
+                match (leader, follower) {
+                    (Some(leader), Some(id)) => {
+                        let what = kill_during_snapshot_install(&mut self.cluster, leader, id, rng)
+                            .await?;
+                        self.note(format!("{kind:?}: {what}"));
+                        Some(Active::Killed(id))
+                    }
+                    _ => None,
+                }
+            }
             FaultKind::IsolateLeader => match self.leader().await {
                 Some(leader) => {
                     let rest: Vec<u64> = nodes.iter().copied().filter(|id| *id != leader).collect();
@@ -491,4 +512,132 @@ fn signal(cluster: &TestCluster, id: u64, signal: Signal) -> anyhow::Result<()> 
     kill(Pid::from_raw(raw), signal)
         .with_context(|| format!("could not send {signal:?} to node {id}"))?;
     Ok(())
+}
+
+/// Longest [`kill_during_snapshot_install`] asks the leader for snapshots
+/// until its log starts past the follower's.
+const PURGE_WAIT: Duration = Duration::from_secs(20);
+/// The kill lands 0..=this many milliseconds after the snapshot starts
+/// arriving (a small state installs in a few milliseconds).
+const KILL_WITHIN_MS: u64 = 3;
+/// Entries a follower may take between its status answer and its kill.
+const IN_FLIGHT_MARGIN: u64 = 64;
+/// Longest it waits for the restarted follower to start receiving.
+const RECEIVE_WAIT: Duration = Duration::from_secs(20);
+
+/// SIGKILLs follower `id`, has `leader` snapshot and purge its log past
+/// what the follower holds (the cluster must be taking writes), restarts
+/// the follower and SIGKILLs it 0-3 ms after it starts receiving the
+/// leader's snapshot, or (half the time) 0-3 ms after it finished receiving
+/// it and began installing it. Leaves it down; says what happened.
+///
+/// # Errors
+/// When a node cannot be killed or restarted, or the follower never
+/// starts receiving a snapshot.
+pub async fn kill_during_snapshot_install(
+    cluster: &mut TestCluster,
+    leader: u64,
+    id: u64,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let behind = tokio::time::timeout(STATUS_TIMEOUT, cluster.status(id))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map_or(u64::MAX, |s| {
+            // What it may still append between this answer and the kill.
+            s.applied_index.max(s.last_log_index).max(s.snapshot_index) + IN_FLIGHT_MARGIN
+        });
+    cluster.kill(id)?;
+    let incoming = cluster.data_dir(id)?.join("snapshots").join("incoming.db");
+    let _ = std::fs::remove_file(&incoming);
+    let deadline = Instant::now() + PURGE_WAIT;
+    loop {
+        let purged = tokio::time::timeout(STATUS_TIMEOUT, cluster.status(leader))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |s| s.purged_index);
+        if behind != u64::MAX && purged > behind {
+            break;
+        }
+        if Instant::now() > deadline {
+            cluster.restart(id).await?;
+            cluster.kill(id)?;
+            return Ok(format!(
+                "killed node {id} (SIGKILL); node {leader} did not purge its log past it \
+                 (applied {behind}, purged {purged}) within {PURGE_WAIT:?}, so it was \
+                 restarted and killed again without a snapshot to install"
+            ));
+        }
+        if let Ok(mut admin) = cluster.client().admin(leader) {
+            let _ = tokio::time::timeout(
+                STATUS_TIMEOUT,
+                admin.trigger_snapshot(TriggerSnapshotRequest {}),
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let installs_before = installs_logged(cluster, id);
+    cluster.restart(id).await?;
+    let deadline = Instant::now() + RECEIVE_WAIT;
+    loop {
+        if incoming.exists() {
+            break;
+        }
+        if installs_logged(cluster, id) > installs_before {
+            cluster.kill(id)?;
+            return Ok(format!(
+                "killed node {id} (SIGKILL), then had node {leader} purge its log past it (past \
+                 index {behind}), restarted it and killed it again; it had already installed \
+                 the snapshot"
+            ));
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {id} did not start receiving a snapshot from node {leader} within {RECEIVE_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Half the time, wait for the received file to be taken in (renamed,
+    // then its rows copied into the state): the kill lands in the install.
+    let in_install = rng.gen_bool(0.5);
+    if in_install {
+        while incoming.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let after = rng.gen_range(0..=KILL_WITHIN_MS);
+    if after > 0 {
+        tokio::time::sleep(Duration::from_millis(after)).await;
+    }
+    let installed = installs_logged(cluster, id) > installs_before;
+    cluster.kill(id)?;
+    Ok(format!(
+        "killed node {id} (SIGKILL), then had node {leader} purge its log past it (past \
+         index {behind}), restarted it and killed it again {after} ms after it {} the \
+         snapshot ({})",
+        if in_install {
+            "finished receiving"
+        } else {
+            "started receiving"
+        },
+        if installed {
+            "it had already installed it"
+        } else if incoming.exists() {
+            "still receiving"
+        } else {
+            "while installing"
+        }
+    ))
+}
+
+/// How many snapshot installs node `id` has logged, over all its runs.
+fn installs_logged(cluster: &TestCluster, id: u64) -> usize {
+    cluster
+        .log_path(id)
+        .ok()
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map_or(0, |log| log.matches("snapshot installed").count())
 }

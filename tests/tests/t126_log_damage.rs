@@ -3,18 +3,24 @@
 //! its `state.db` kept what it had applied. The node must start, say what
 //! it found, never serve wrong data, and catch up; the cluster stays
 //! correct (equal digests everywhere, the writes all there). And a node
-//! whose Raft core stops exits with a message rather than linger.
+//! whose Raft core stops exits with a message rather than linger, and one
+//! killed while it installs a snapshot comes back.
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use agora_peer::request_id;
 use agora_proto::admin::CrashRequest;
 use agora_proto::market::ReadConsistency;
+use agora_tests::nemesis::kill_during_snapshot_install;
 use agora_tests::{wait_for, Probe, TestCluster, TestOptions};
 use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::SeedableRng as _;
 
 /// The client name of this file's request ids.
 const CLIENT: &str = "t126";
@@ -22,6 +28,12 @@ const CLIENT: &str = "t126";
 const LOG_FILES: [&str; 3] = ["raft-log.db", "raft-log.db-wal", "raft-log.db-shm"];
 /// What a node logs when it finds its log behind its state.
 const DAMAGE_WARNING: &str = "the raft log is behind the state machine";
+/// Keys of [`BULK_VALUE_BYTES`] that make the snapshot test's state large.
+const BULK_KEYS: usize = 120;
+/// Size of each bulk value (below the node's 64 KiB value limit).
+const BULK_VALUE_BYTES: usize = 60 * 1024;
+/// Most kills during snapshot installs one test tries.
+const MAX_INSTALL_KILLS: usize = 8;
 /// What it logs once a leader has brought it up to date.
 const CAUGHT_UP: &str = "caught up with the leader after log damage";
 
@@ -336,5 +348,89 @@ async fn a_node_whose_raft_core_stops_exits_with_a_message() -> anyhow::Result<(
     cluster.wait_applied(follower, second).await?;
     check(&cluster, follower, "second", 10, second).await?;
     assert_same_state(&cluster, second).await?;
+    Ok(())
+}
+
+/// A follower far enough behind to need the leader's snapshot is killed
+/// while it receives or installs it, three times; each time it restarts on
+/// what it has and catches up, and every node ends with the same state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_while_installing_a_snapshot_recovers() -> anyhow::Result<()> {
+    let options = TestOptions {
+        snapshot_logs: Some(50),
+        keep_logs: Some(5),
+        ..TestOptions::default()
+    };
+    let mut cluster = TestCluster::start(3, options).await?;
+    let leader = cluster.wait_for_leader(None).await?;
+    let follower = a_follower(&cluster, leader)?;
+    write(&cluster, "first", 20).await?;
+    // A state of several megabytes, so a snapshot takes a while to arrive
+    // and install, and the kills can land inside that window.
+    let bulk = cluster.client();
+    for n in 0..BULK_KEYS {
+        bulk.put(
+            format!("bulk-{n}"),
+            vec![b'b'; BULK_VALUE_BYTES],
+            request_id(CLIENT),
+        )
+        .await?;
+    }
+
+    // Writes keep flowing, so the leader's log moves past the follower.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = cluster.client();
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0_u32;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = client
+                    .put(format!("flow-{n}"), b"x".to_vec(), request_id(CLIENT))
+                    .await;
+                n += 1;
+            }
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(126);
+    let mut outcomes = Vec::new();
+    // Three kills, and more until one landed while receiving and one while
+    // installing.
+    for attempt in 0..MAX_INSTALL_KILLS {
+        let during = outcomes
+            .iter()
+            .any(|o: &String| !o.contains("already installed"));
+        if attempt >= 3 && during {
+            break;
+        }
+        let what = kill_during_snapshot_install(&mut cluster, leader, follower, &mut rng).await;
+        let what = match what {
+            Ok(what) => what,
+            Err(e) => {
+                stop.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        eprintln!("{what}");
+        outcomes.push(what);
+        cluster.restart(follower).await?;
+        let leader_applied = cluster.status(leader).await?.applied_index;
+        cluster.wait_applied(follower, leader_applied).await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writing.await?;
+
+    let last = write(&cluster, "last", 10).await?;
+    cluster.wait_applied(follower, last).await?;
+    check(&cluster, follower, "first", 20, last).await?;
+    check(&cluster, follower, "last", 10, last).await?;
+    assert_same_state(&cluster, last).await?;
+    for what in ["(still receiving)", "(while installing)"] {
+        assert!(
+            outcomes.iter().any(|o| o.contains(what)),
+            "no kill landed {what}: {outcomes:?}"
+        );
+    }
+    assert_no_panic(&cluster)?;
     Ok(())
 }

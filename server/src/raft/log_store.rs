@@ -141,10 +141,29 @@ fn newest_vote(in_log: Option<Vote>, in_file: Option<Vote>) -> Result<Option<Vot
 /// applied log id, and repairs what the state proves (see the module
 /// header). Pure, so every case is unit-tested.
 fn repair(mirror: &mut Mirror, applied: Option<LogId>) -> Option<LogDamage> {
-    let applied = applied?;
     let mut damage = LogDamage {
         repairs: Vec::new(),
         entries_lost: false,
+    };
+    let applied_index = applied.map_or(0, |a| a.index);
+    let show = |id: Option<LogId>| id.map_or_else(|| "the beginning".to_owned(), |l| l.to_string());
+    if let Some(purged) = mirror.last_purged.filter(|p| p.index > applied_index) {
+        // openraft purges the log as soon as it starts installing a
+        // snapshot, beside the install: a node stopped in between finds its
+        // log purged past what its state holds.
+        damage.repairs.push(format!(
+            "the raft log is purged up to {purged} but the state machine has applied only {} \
+             (the node stopped while installing a snapshot); the log now starts at what the \
+             state holds and the leader will send the snapshot again",
+            show(applied),
+        ));
+        damage.entries_lost = true;
+        mirror.entries.clear();
+        mirror.last_purged = applied;
+        mirror.committed = applied;
+    }
+    let Some(applied) = applied else {
+        return (!damage.repairs.is_empty()).then_some(damage);
     };
     let covered = mirror
         .last_purged
@@ -165,7 +184,7 @@ fn repair(mirror: &mut Mirror, applied: Option<LogId>) -> Option<LogDamage> {
              applied {applied}, so its newest records were lost (a torn write or an older \
              copy of the file); it now counts as purged up to {applied} and the leader will \
              send the rest",
-            last.map_or_else(|| "the beginning".to_owned(), |l| l.to_string()),
+            show(last),
         ));
         damage.entries_lost = true;
         mirror.entries.clear();
@@ -682,9 +701,8 @@ mod tests {
         let mut m = mirror(&ids, Some(log_id(1, 1, 4)), Some(Vote::new_committed(2, 1)));
         assert_eq!(repair(&mut m, Some(log_id(2, 1, 6))), None);
         assert_eq!(m.entries.len(), 3);
-        // Nothing applied yet, or applied below the purge point: fine too.
-        assert_eq!(repair(&mut m, None), None);
-        assert_eq!(repair(&mut m, Some(log_id(1, 1, 3))), None);
+        // Applied exactly up to the purge point: fine too.
+        assert_eq!(repair(&mut m, Some(log_id(1, 1, 4))), None);
     }
 
     #[test]
@@ -716,6 +734,37 @@ mod tests {
         let damage = repair(&mut m, Some(log_id(3, 2, 9))).expect("damage found");
         assert!(damage.entries_lost);
         assert_eq!(damage.repairs.len(), 1, "the vote was current: {damage}");
+        assert!(m.entries.is_empty());
+    }
+
+    #[test]
+    fn a_log_purged_past_the_state_starts_again_at_the_state() {
+        // Killed while installing a snapshot up to 206: the log was purged
+        // to 206 and took two entries after it; the state stayed at 22.
+        let ids = [log_id(1, 1, 207), log_id(1, 1, 208)];
+        let mut m = mirror(
+            &ids,
+            Some(log_id(1, 1, 206)),
+            Some(Vote::new_committed(1, 1)),
+        );
+        let applied = log_id(1, 1, 22);
+        let damage = repair(&mut m, Some(applied)).expect("damage found");
+        assert!(damage.entries_lost);
+        assert!(
+            damage.repairs[0].contains("while installing a snapshot"),
+            "{damage}"
+        );
+        assert!(m.entries.is_empty());
+        assert_eq!(m.last_purged, Some(applied));
+        assert_eq!(m.committed, Some(applied));
+        // Nothing applied at all: the log starts from the beginning.
+        let mut m = mirror(
+            &ids,
+            Some(log_id(1, 1, 206)),
+            Some(Vote::new_committed(1, 1)),
+        );
+        assert!(repair(&mut m, None).is_some_and(|d| d.entries_lost));
+        assert_eq!(m.last_purged, None);
         assert!(m.entries.is_empty());
     }
 

@@ -22,6 +22,10 @@ use crate::events::{EventKind, EventSink};
 
 use super::typ;
 
+/// How often an abstaining node looks whether it has caught up, besides
+/// every change of its applied index.
+const RECHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Whether this node may take part in elections; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Abstention {
@@ -133,8 +137,15 @@ pub async fn run_abstention(
         if abstention.refresh(now) || !abstention.abstains() {
             break;
         }
-        if applied.changed().await.is_err() {
-            return;
+        // The target is set by a replication request, which need not move
+        // the applied index: look again at least every tick.
+        tokio::select! {
+            changed = applied.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(RECHECK) => {}
         }
     }
     raft.runtime_config().elect(true);
