@@ -50,6 +50,9 @@ pub struct Authenticator {
     readers: SqlitePool,
     /// Filled once the bootstrap command has been applied here.
     keys: OnceCell<Arc<ClusterKeys>>,
+    /// The token-verifying key alone, for the rate limiter (set with
+    /// `keys`, readable without waiting).
+    token_key: crate::grpc::rate_limit::TokenKey,
 }
 
 /// Current Unix time in milliseconds.
@@ -67,6 +70,7 @@ impl Authenticator {
         Self {
             readers,
             keys: OnceCell::new(),
+            token_key: crate::grpc::rate_limit::TokenKey::default(),
         }
     }
 
@@ -91,14 +95,22 @@ impl Authenticator {
                 let seed: [u8; 32] = seed
                     .try_into()
                     .map_err(|_| Status::internal("the stored token key does not decode"))?;
+                let signing = SigningKey::from_bytes(&seed);
+                let _ = self.token_key.set(signing.verifying_key());
                 Ok(Arc::new(ClusterKeys {
                     server_setup,
-                    signing: SigningKey::from_bytes(&seed),
+                    signing,
                     tickets: agora_proto::ticket::ticket_signing_key(&seed),
                 }))
             })
             .await
             .cloned()
+    }
+
+    /// The token-verifying key, once [`keys`](Self::keys) has read it.
+    #[must_use]
+    pub fn token_key(&self) -> crate::grpc::rate_limit::TokenKey {
+        self.token_key.clone()
     }
 
     /// Checks the bearer token in `metadata`, if there is one.

@@ -75,8 +75,8 @@ pub struct NodeConfig {
     /// node its own loopback address (127.0.0.2, 127.0.0.3, ...) so that a
     /// proxy in front of a node can tell which node is calling.
     pub raft_source_ip: Option<std::net::IpAddr>,
-    /// Most calls per second one session token may make on the public
-    /// listener (a burst of two seconds' worth); 0: no limit.
+    /// Most calls per second one user (all their sessions together) may make
+    /// on the public listener (a burst of two seconds' worth); 0: no limit.
     pub session_rate_limit: u32,
 }
 
@@ -315,9 +315,13 @@ pub struct NodeArgs {
     /// [default: chosen by the system]; for fault-injection tests.
     #[arg(long)]
     pub raft_source_ip: Option<std::net::IpAddr>,
-    /// Most calls per second per session token on the public listener
-    /// (RESOURCE_EXHAUSTED beyond) [default: 0 = no limit].
-    #[arg(long, env = "AGORA_SESSION_RATE_LIMIT")]
+    /// Most calls per second per user (all their sessions together) on the
+    /// public listener (RESOURCE_EXHAUSTED beyond) [default: 0 = no limit].
+    #[arg(
+        long = "user-rate-limit",
+        alias = "session-rate-limit",
+        env = "AGORA_USER_RATE_LIMIT"
+    )]
     pub session_rate_limit: Option<u32>,
 }
 

@@ -278,6 +278,7 @@ pub async fn run(
         .layer(RpcMetricsLayer::new(requests.clone()))
         .layer(crate::grpc::rate_limit::RateLimitLayer::new(
             config.session_rate_limit,
+            node.auth.token_key(),
         ))
         .add_service(health_service)
         .add_service(reflection)

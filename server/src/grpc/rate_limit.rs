@@ -1,14 +1,14 @@
-//! Per-session request rate limits on the public listener: a token bucket
-//! per bearer token, so one user's runaway client cannot take a node's
-//! capacity from everyone else.
+//! Per-user request rate limits on the public listener: a token bucket per
+//! user, so one user's runaway clients cannot take a node's capacity from
+//! everyone else.
 //!
-//! Keyed by the token itself (its hash), not by the user id inside it: the
-//! layer runs before any handler has verified the token, and a key taken
-//! from unverified claims would let anyone drain another user's bucket by
-//! forging a token with their id. A token cannot be forged, so each bucket
-//! is only ever drained by whoever holds that session. Calls without a
-//! token (registration, login, public reads) are not limited here. A user
-//! with several sessions has one bucket per session; sessions cost a login.
+//! Keyed by the user id in the bearer token once the layer has checked the
+//! token's signature with the cluster's key ([`TokenKey`]), so all of a
+//! user's sessions share one bucket, and nobody can drain another user's
+//! bucket with a forged token. A token that does not verify (or before the
+//! node knows the cluster key) is keyed by its own hash: the handler will
+//! refuse it anyway, and it cannot touch a real user's bucket. Calls without
+//! a token (registration, login, public reads) are not limited here.
 //!
 //! A refused call gets `RESOURCE_EXHAUSTED` with a sentence saying what to
 //! do; nothing reaches the handler, so nothing is half-done.
@@ -21,7 +21,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use agora_proto::auth::verify_token;
+use ed25519_dalek::VerifyingKey;
 use tower::{Layer, Service};
+
+/// The cluster's token-verifying key, set once the node has read the
+/// cluster secrets (they arrive with the bootstrap entry).
+pub type TokenKey = Arc<std::sync::OnceLock<VerifyingKey>>;
 
 /// How many seconds of calls a bucket holds (the burst a client may send
 /// after being idle).
@@ -31,7 +37,7 @@ const IDLE: Duration = Duration::from_secs(30);
 /// ... checked whenever the table grows past this many buckets.
 const PRUNE_ABOVE: usize = 10_000;
 
-/// One session's bucket.
+/// One user's bucket.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -41,7 +47,7 @@ struct Bucket {
 /// The buckets, shared by every connection of the listener.
 #[derive(Debug)]
 struct Buckets {
-    /// Calls per second per session.
+    /// Calls per second per user.
     rate: f64,
     table: Mutex<HashMap<u64, Bucket>>,
 }
@@ -74,14 +80,16 @@ impl Buckets {
 #[derive(Debug, Clone)]
 pub struct RateLimitLayer {
     buckets: Option<Arc<Buckets>>,
+    key: TokenKey,
 }
 
 impl RateLimitLayer {
-    /// At most `per_second` calls per second per session token, with a
-    /// burst of two seconds' worth; 0: no limit.
+    /// At most `per_second` calls per second per user, with a burst of two
+    /// seconds' worth; 0: no limit. Tokens are checked with `key`.
     #[must_use]
-    pub fn new(per_second: u32) -> Self {
+    pub fn new(per_second: u32, key: TokenKey) -> Self {
         Self {
+            key,
             buckets: (per_second > 0).then(|| {
                 Arc::new(Buckets {
                     rate: f64::from(per_second),
@@ -99,22 +107,32 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             buckets: self.buckets.clone(),
+            key: self.key.clone(),
         }
     }
 }
 
-/// Refuses calls of a session beyond its rate.
+/// Refuses calls of a user beyond their rate.
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
     buckets: Option<Arc<Buckets>>,
+    key: TokenKey,
 }
 
-/// The bucket key of a request: a hash of its bearer token, if any.
-fn session_key<B>(request: &http::Request<B>) -> Option<u64> {
-    let token = request.headers().get("authorization")?;
+/// The bucket key of a request with a bearer token: its user, when the
+/// token's signature checks out with `key`, else the token itself.
+fn bucket_key<B>(request: &http::Request<B>, key: Option<&VerifyingKey>) -> Option<u64> {
+    let header = request.headers().get("authorization")?;
     let mut hasher = DefaultHasher::new();
-    token.as_bytes().hash(&mut hasher);
+    let user = key.and_then(|key| {
+        let token = header.to_str().ok()?.strip_prefix("Bearer ")?;
+        verify_token(token, key, crate::auth::now_ms()).ok()
+    });
+    match user {
+        Some(claims) => ("user", claims.user_id).hash(&mut hasher),
+        None => ("token", header.as_bytes()).hash(&mut hasher),
+    }
     Some(hasher.finish())
 }
 
@@ -131,7 +149,7 @@ fn too_many<RB: Default>() -> http::Response<RB> {
     headers.insert(
         "grpc-message",
         http::HeaderValue::from_static(
-            "too%20many%20requests%20for%20this%20session%3B%20slow%20down%20and%20retry%20in%20a%20second",
+            "too%20many%20requests%20from%20this%20user%3B%20slow%20down%20and%20retry%20in%20a%20second",
         ),
     );
     response
@@ -153,7 +171,11 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if let (Some(buckets), Some(key)) = (&self.buckets, session_key(&request)) {
+        let bucket = self
+            .buckets
+            .as_ref()
+            .and_then(|buckets| Some((buckets, bucket_key(&request, self.key.get())?)));
+        if let Some((buckets, key)) = bucket {
             if !buckets.admit(key, Instant::now()) {
                 metrics::counter!("agora_rate_limited_total").increment(1);
                 return Box::pin(async { Ok(too_many()) });
@@ -177,12 +199,53 @@ mod tests {
         let admitted = (0..20).filter(|_| buckets.admit(1, start)).count();
         assert_eq!(admitted, 10, "the burst is two seconds' worth");
         assert!(!buckets.admit(1, start));
-        // Another session is not affected.
+        // Another user is not affected.
         assert!(buckets.admit(2, start));
         // A second later, five more.
         let later = start + Duration::from_secs(1);
         let admitted = (0..20).filter(|_| buckets.admit(1, later)).count();
         assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn a_users_sessions_share_a_bucket_and_forged_tokens_do_not() {
+        use agora_proto::auth::{sign_token, Role, SessionClaims};
+        use ed25519_dalek::SigningKey;
+
+        let cluster = SigningKey::from_bytes(&[7; 32]);
+        let forger = SigningKey::from_bytes(&[8; 32]);
+        let claims = |user_id, session: &str| SessionClaims {
+            user_id,
+            username: format!("user{user_id}"),
+            role: Role::User,
+            session_id: session.to_owned(),
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+        };
+        let request = |token: String| {
+            http::Request::builder()
+                .header("authorization", format!("Bearer {token}"))
+                .body(())
+                .unwrap_or_default()
+        };
+        let key = cluster.verifying_key();
+        let first = request(sign_token(&claims(5, "a"), &cluster));
+        let second = request(sign_token(&claims(5, "b"), &cluster));
+        let other = request(sign_token(&claims(6, "c"), &cluster));
+        let forged = request(sign_token(&claims(5, "d"), &forger));
+        let of = |r: &http::Request<()>| bucket_key(r, Some(&key));
+        assert_eq!(of(&first), of(&second), "one user, one bucket");
+        assert_ne!(of(&first), of(&other));
+        assert_ne!(
+            of(&first),
+            of(&forged),
+            "a forged token never drains a user's bucket"
+        );
+        // Before the node knows the key: per token.
+        assert_ne!(bucket_key(&first, None), bucket_key(&second, None));
+        // No token: not limited here.
+        let anonymous = http::Request::builder().body(()).unwrap_or_default();
+        assert_eq!(of(&anonymous), None);
     }
 
     #[test]
