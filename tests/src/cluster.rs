@@ -517,6 +517,24 @@ impl TestCluster {
         .await
     }
 
+    /// Waits until node `id` has exited by itself (within the deadline).
+    ///
+    /// # Errors
+    /// When it is still running at the deadline.
+    pub async fn wait_exited(&self, id: u64) -> anyhow::Result<()> {
+        wait_for(&format!("node {id} to exit"), self.options.deadline, || {
+            let running = self.is_running(id);
+            async move {
+                Ok(if running {
+                    Probe::NotYet("still running".to_owned())
+                } else {
+                    Probe::Ready(())
+                })
+            }
+        })
+        .await
+    }
+
     /// SIGKILL node `id` (a crash: nothing is flushed that was not already).
     ///
     /// # Errors

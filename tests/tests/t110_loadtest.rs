@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use agora_proto::admin::CrashRequest;
-use agora_tests::{binary, wait_for, Probe, TestCluster, TestOptions, SERVER_BINARY};
+use agora_tests::{binary, TestCluster, TestOptions, SERVER_BINARY};
 use anyhow::Context as _;
 use serde_json::Value;
 
@@ -143,16 +143,6 @@ async fn crash_rpc_needs_fault_injection() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(reply.id, 1);
-    wait_for("node 1 to abort", Duration::from_secs(20), || {
-        let running = cluster.is_running(1);
-        async move {
-            Ok(if running {
-                Probe::NotYet("still running".to_owned())
-            } else {
-                Probe::Ready(())
-            })
-        }
-    })
-    .await?;
+    cluster.wait_exited(1).await?;
     Ok(())
 }

@@ -17,7 +17,7 @@ use agora_peer::request_id;
 use agora_proto::admin::CrashRequest;
 use agora_proto::market::ReadConsistency;
 use agora_tests::nemesis::kill_during_snapshot_install;
-use agora_tests::{wait_for, Probe, TestCluster, TestOptions};
+use agora_tests::{TestCluster, TestOptions};
 use anyhow::Context as _;
 use rand::rngs::StdRng;
 use rand::SeedableRng as _;
@@ -321,22 +321,7 @@ async fn a_node_whose_raft_core_stops_exits_with_a_message() -> anyhow::Result<(
             raft_core_only: true,
         })
         .await?;
-    let deadline = cluster.options().deadline;
-    wait_for(
-        &format!("node {follower} to exit after its Raft core stopped"),
-        deadline,
-        || {
-            let running = cluster.is_running(follower);
-            async move {
-                Ok(if running {
-                    Probe::NotYet("still running".to_owned())
-                } else {
-                    Probe::Ready(())
-                })
-            }
-        },
-    )
-    .await?;
+    cluster.wait_exited(follower).await?;
     let log = cluster.log_tail(follower, 100)?;
     assert!(
         log.contains("Raft core of node") && log.contains("stopped by itself"),
