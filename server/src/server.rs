@@ -94,6 +94,9 @@ pub enum NodeError {
     /// Raft could not start.
     #[error("raft failed: {0}")]
     Raft(String),
+    /// A database file of the node cannot be read.
+    #[error("{0}")]
+    Damaged(String),
     /// Reflection could not be built.
     #[error("gRPC reflection failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -122,6 +125,16 @@ fn no_delay(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
+}
+
+/// The innermost error of a chain: storage errors repeat their sources in
+/// their own text, so the innermost one is the readable one.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = error;
+    while let Some(source) = inner.source() {
+        inner = source;
+    }
+    inner.to_string()
 }
 
 /// Resolves when the Raft core has stopped (a panic in it, or a storage
@@ -158,13 +171,28 @@ pub async fn run(
     let start_kind = crate::events::start_kind(&config.data_dir)?;
     let (events, notes) = EventSink::channel();
 
-    let state = StateMachine::open(&config.data_dir).await?;
-    let (log, damage) = LogStore::open(
-        &config.data_dir.join("raft-log.db"),
-        config.id,
-        state.last_applied().await?,
-    )
-    .await?;
+    let state_path = config.data_dir.join("state.db");
+    let state = StateMachine::open(&config.data_dir).await.map_err(|e| {
+        NodeError::Damaged(format!(
+            "cannot open the state database {}: {}. If the file is damaged, this node's data \
+             cannot be trusted: stop it, remove it from the cluster, and add it back with an \
+             empty data directory (it will receive a snapshot)",
+            state_path.display(),
+            root_cause(&e)
+        ))
+    })?;
+    let log_path = config.data_dir.join("raft-log.db");
+    let (log, damage) = LogStore::open(&log_path, config.id, state.last_applied().await?)
+        .await
+        .map_err(|e| {
+            NodeError::Damaged(format!(
+                "cannot open the raft log {}: {}. If the file is damaged, move it (and its -wal \
+                 and -shm files) aside and start the node again: it rebuilds the log from its \
+                 state database and the leader",
+                log_path.display(),
+                root_cause(&e)
+            ))
+        })?;
     if let Some(damage) = &damage {
         tracing::warn!(%damage, "the raft log was damaged and has been repaired");
     }

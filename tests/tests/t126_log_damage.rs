@@ -3,8 +3,9 @@
 //! its `state.db` kept what it had applied. The node must start, say what
 //! it found, never serve wrong data, and catch up; the cluster stays
 //! correct (equal digests everywhere, the writes all there). And a node
-//! whose Raft core stops exits with a message rather than linger, and one
-//! killed while it installs a snapshot comes back.
+//! whose Raft core stops exits with a message rather than linger, one
+//! killed while it installs a snapshot comes back, and one whose log file
+//! SQLite cannot read refuses to start and says what to do.
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
@@ -416,6 +417,45 @@ async fn a_follower_killed_while_installing_a_snapshot_recovers() -> anyhow::Res
             "no kill landed {what}: {outcomes:?}"
         );
     }
+    assert_no_panic(&cluster)?;
+    Ok(())
+}
+
+/// A log file SQLite cannot read at all: the node refuses to start and
+/// says what to do; done as it says (the file moved aside), the node
+/// rebuilds its log from its state and the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_log_is_refused_with_advice_then_rebuilt() -> anyhow::Result<()> {
+    let mut cluster = TestCluster::start(3, TestOptions::default()).await?;
+    let leader = cluster.wait_for_leader(None).await?;
+    let follower = a_follower(&cluster, leader)?;
+    let first = write(&cluster, "first", 20).await?;
+    cluster.wait_applied(follower, first).await?;
+
+    cluster.kill(follower)?;
+    let dir = cluster.data_dir(follower)?.to_path_buf();
+    remove_log(&dir)?;
+    std::fs::write(dir.join("raft-log.db"), vec![0x5a; 8192])?;
+    let refused = cluster.restart(follower).await;
+    assert!(
+        refused.is_err(),
+        "node {follower} started on a log that is not a database"
+    );
+    let log = cluster.log_tail(follower, 20)?;
+    assert!(
+        log.contains("cannot open the raft log") && log.contains("move it"),
+        "node {follower} did not say what is wrong and what to do:\n{log}"
+    );
+
+    let aside = cluster.dir().join("damaged-log");
+    std::fs::create_dir_all(&aside)?;
+    std::fs::rename(dir.join("raft-log.db"), aside.join("raft-log.db"))?;
+    let second = write(&cluster, "second", 20).await?;
+    cluster.restart(follower).await?;
+    cluster.wait_applied(follower, second).await?;
+    check(&cluster, follower, "first", 20, second).await?;
+    check(&cluster, follower, "second", 20, second).await?;
+    assert_same_state(&cluster, second).await?;
     assert_no_panic(&cluster)?;
     Ok(())
 }
