@@ -31,6 +31,7 @@ mod market;
 pub mod nemesis;
 mod node;
 pub mod proxy;
+pub mod soak;
 mod wait;
 
 pub use audit::wait_clean_audit;

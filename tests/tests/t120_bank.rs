@@ -10,14 +10,13 @@
 //!
 //! - `bank_quick`: the CI run (about a minute of load and one fault of each
 //!   main kind, then a kill during a snapshot build; well under two
-//!   minutes on a busy two-core machine). `TornLog` runs in the soak only
-//!   until the Raft-core panic of soak 3 is explained (docs/RELIABILITY.md).
+//!   minutes on a busy two-core machine).
 //! - `bank_soak` (ignored): every fault kind at random for
-//!   `AGORA_BANK_MINUTES` (default 30) minutes:
+//!   `AGORA_BANK_MINUTES` (default 30) minutes. The same run, with flags:
 //!
 //!   ```sh
 //!   cargo build --workspace --bins
-//!   AGORA_TEST_KEEP_DIR=1 AGORA_BANK_MINUTES=30 cargo test -p agora-tests --test t120_bank -- --ignored --nocapture
+//!   cargo run -p agora-tests --bin agora-bank -- --minutes 30 --keep-dir
 //!   ```
 //!
 //! A run that breaks a rule saves its history and end state as JSON (the
@@ -26,250 +25,21 @@
 //!
 //! Needs the binaries: `cargo build --workspace --bins` first.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agora_peer::ledger;
-use agora_tests::bank::{self, Bank, SavedRun};
-use agora_tests::nemesis::{ChaosCluster, FaultKind};
-use agora_tests::{peer_client, wait_clean_audit, TestOptions};
+use agora_tests::bank;
+use agora_tests::nemesis::FaultKind;
+use agora_tests::soak::{
+    clock_seed, fault_kinds, run_bank, Plan, QUICK_BUYERS, SOAK_BUYERS, SOAK_SNAPSHOT_LOGS,
+};
 use anyhow::Context as _;
-use rand::rngs::StdRng;
-use rand::SeedableRng as _;
 
-/// Buyers (concurrent clients) in the quick run.
-const QUICK_BUYERS: usize = 4;
-/// Buyers in the soak.
-const SOAK_BUYERS: usize = 8;
-/// How long each fault of the quick run lasts.
-const QUICK_HOLD: Duration = Duration::from_secs(4);
-/// Calm between two faults of the quick run.
-const QUICK_CALM: Duration = Duration::from_secs(3);
-/// Load after the last fault, before healing.
-const TAIL: Duration = Duration::from_secs(4);
-/// Longest the cluster may take to converge after healing (audit clean
-/// and equal on every node).
-const CONVERGE: Duration = Duration::from_secs(60);
-
-/// Options for a chaos cluster: cheap password hashing (many users), and
-/// a generous deadline for restarts on a busy machine.
-fn options(snapshot_logs: Option<u64>) -> TestOptions {
-    TestOptions {
-        deadline: Duration::from_secs(60),
-        snapshot_logs,
-        keep_logs: snapshot_logs.map(|n| n / 4),
-        extra_args: vec!["--load-test-ksf".to_owned()],
-        ..TestOptions::default()
-    }
-}
-
-/// How a run injects its faults.
-enum Plan {
-    /// Each of these once, in order.
-    Script(Vec<FaultKind>),
-    /// Random faults of every kind for this long.
-    Rampage(Duration),
-}
-
-/// The soak's fault kinds: `AGORA_BANK_FAULTS` (comma-separated names,
-/// e.g. `TornLog,KillLeader`, to chase one problem), or every kind.
-fn fault_kinds() -> Vec<FaultKind> {
-    match std::env::var("AGORA_BANK_FAULTS") {
-        Ok(names) => FaultKind::ALL
-            .into_iter()
-            .filter(|kind| names.split(',').any(|n| n.trim() == format!("{kind:?}")))
-            .collect(),
-        Err(_) => FaultKind::ALL.to_vec(),
-    }
-}
-
+/// The seed of a run: `AGORA_BANK_SEED`, or the clock.
 fn seed() -> u64 {
     std::env::var("AGORA_BANK_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs())
-        })
-}
-
-/// Runs the workload under `plan`, heals, checks; fails with every anomaly
-/// (after saving the run) or when the run proved too little.
-async fn run_bank(plan: Plan, buyers: usize, snapshot_logs: Option<u64>) -> anyhow::Result<()> {
-    let seed = seed();
-    eprintln!("bank: seed {seed} (AGORA_BANK_SEED={seed} repeats the random choices)");
-    let started = Instant::now();
-    let mut chaos = ChaosCluster::start(3, options(snapshot_logs)).await?;
-    let admin = chaos.cluster.client();
-    let everyone = peer_client(&chaos.cluster)?;
-    let mut bank = Bank::open(admin.clone(), &everyone, chaos.cluster.dir(), buyers).await?;
-    eprintln!("bank: set up in {:.1}s", started.elapsed().as_secs_f64());
-
-    let mut rng = StdRng::seed_from_u64(seed);
-    let load_started = Instant::now();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Instant>);
-    let nemesis = async {
-        let result = match &plan {
-            Plan::Script(kinds) => {
-                let mut result = Ok(());
-                for kind in kinds {
-                    tokio::time::sleep(QUICK_CALM).await;
-                    if let Err(err) = chaos.fault(*kind, QUICK_HOLD, &mut rng).await {
-                        result = Err(err);
-                        break;
-                    }
-                }
-                result
-            }
-            Plan::Rampage(length) => {
-                chaos
-                    .rampage(&fault_kinds(), Instant::now() + *length, &mut rng)
-                    .await
-            }
-        };
-        let _ = stop_tx.send(Some(Instant::now() + TAIL));
-        result
-    };
-    // The workers run until the nemesis is done plus a tail.
-    let load = bank.run(stop_rx, seed);
-    let (nemesis_result, ()) = tokio::join!(nemesis, load);
-    nemesis_result.context("the nemesis failed")?;
-    let load_secs = load_started.elapsed().as_secs_f64();
-
-    let leader = match chaos.heal().await {
-        Ok(leader) => leader,
-        Err(err) => return Err(err.context(panic_report(&chaos))),
-    };
-    admin.set_leader_hint(leader);
-    let history = bank.history();
-    let tally = bank::tally(&history);
-    eprintln!(
-        "bank: {} operations in {load_secs:.0}s ({} ok, {} refused, {} unknown) {:?}; faults {:?}",
-        history.len(),
-        tally.ok,
-        tally.failed,
-        tally.unknown,
-        tally.by_kind,
-        chaos.log.injected
-    );
-
-    // Converge: a clean audit agreed by every node, then equal digests.
-    wait_clean_audit(
-        &admin,
-        "a clean ledger audit on every node after healing",
-        CONVERGE,
-    )
-    .await?;
-    let ids = chaos.cluster.node_ids();
-    let digests: BTreeMap<u64, String> = chaos
-        .cluster
-        .wait_same_applied(&ids)
-        .await?
-        .into_iter()
-        .map(|(id, reply)| (id, reply.digest))
-        .collect();
-    let audit = ledger::audit_on(&admin, leader).await?;
-    let end = bank.final_state(&audit, digests).await?;
-    let anomalies = bank::check(&history, &end);
-    let (accepted, refused) = chaos.network.connection_counts();
-    let (built, installed) = snapshot_counts(&chaos)?;
-    eprintln!(
-        "bank: proxies carried {accepted} connections and refused {refused}; snapshots built {built}, installed {installed}; {} anomalies",
-        anomalies.len()
-    );
-    if let Err(err) = bank.close().await {
-        // The shop's presence may have given up during a long fault; that
-        // is availability, not money, and the checks above stand.
-        eprintln!("bank: the seller's shop ended with: {err:#}");
-    }
-    let run = SavedRun {
-        seed,
-        history,
-        final_state: end,
-        faults: chaos.log.clone(),
-        anomalies: anomalies.clone(),
-    };
-    if !anomalies.is_empty() {
-        let path = bank::save(&run)?;
-        for anomaly in &anomalies {
-            eprintln!("ANOMALY: {anomaly}");
-        }
-        anyhow::bail!(
-            "{} anomalies; the run is saved in {} (replay: AGORA_BANK_REPLAY={} cargo test -p agora-tests --test t120_bank replay -- --ignored)",
-            anomalies.len(),
-            path.display(),
-            path.display()
-        );
-    }
-    // A run that proved nothing must not pass.
-    anyhow::ensure!(
-        accepted > 0,
-        "no Raft connection went through the proxies: the faults touched nothing"
-    );
-    let kinds = &tally.by_kind;
-    for kind in ["Deposit", "Withdraw", "Begin", "Complete", "Read"] {
-        anyhow::ensure!(
-            kinds.get(kind).copied().unwrap_or(0) > 0,
-            "the workload ran no {kind} operation: {kinds:?}"
-        );
-    }
-    anyhow::ensure!(
-        tally.ok >= 20,
-        "only {} operations succeeded: the cluster was unavailable nearly all the time",
-        tally.ok
-    );
-    if let Plan::Script(kinds) = &plan {
-        anyhow::ensure!(
-            chaos.log.total() == kinds.len() as u64,
-            "only {} of {} faults found a target: {:?}",
-            chaos.log.total(),
-            kinds.len(),
-            chaos.log.events
-        );
-    }
-    eprintln!(
-        "bank: done in {:.0}s; {}",
-        started.elapsed().as_secs_f64(),
-        serde_json::to_string(&run.faults.injected)?
-    );
-    Ok(())
-}
-
-/// Every panic in the nodes' logs, with the lines after it: what a run
-/// that cannot heal most needs to show (the cluster directory is removed
-/// unless `AGORA_TEST_KEEP_DIR=1`).
-fn panic_report(chaos: &ChaosCluster) -> String {
-    let mut report = Vec::new();
-    for id in chaos.cluster.node_ids() {
-        let Ok(path) = chaos.cluster.log_path(id) else {
-            continue;
-        };
-        let log = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        for (n, line) in lines.iter().enumerate() {
-            if line.contains("panicked") {
-                let end = (n + 12).min(lines.len());
-                report.push(format!("node {id}:\n{}", lines[n..end].join("\n")));
-            }
-        }
-    }
-    if report.is_empty() {
-        "no node panicked".to_owned()
-    } else {
-        format!("panics in the nodes' logs:\n{}", report.join("\n"))
-    }
-}
-
-/// Snapshots built and installed on every node, from their logs.
-fn snapshot_counts(chaos: &ChaosCluster) -> anyhow::Result<(usize, usize)> {
-    let (mut built, mut installed) = (0, 0);
-    for id in chaos.cluster.node_ids() {
-        let log = std::fs::read_to_string(chaos.cluster.log_path(id)?)?;
-        built += log.matches("snapshot built").count();
-        installed += log.matches("snapshot installed").count();
-    }
-    Ok((built, installed))
+        .unwrap_or_else(clock_seed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,6 +54,7 @@ async fn bank_quick() -> anyhow::Result<()> {
         ]),
         QUICK_BUYERS,
         None,
+        seed(),
     )
     .await
 }
@@ -295,12 +66,12 @@ async fn bank_soak() -> anyhow::Result<()> {
         .ok()
         .and_then(|m| m.parse().ok())
         .unwrap_or(30);
-    // Small snapshots, so that restarted and lagging nodes install them
-    // and kills often land while one is being built or installed.
+    let kinds = fault_kinds(std::env::var("AGORA_BANK_FAULTS").ok().as_deref())?;
     run_bank(
-        Plan::Rampage(Duration::from_secs(minutes * 60)),
+        Plan::Rampage(Duration::from_secs(minutes * 60), kinds),
         SOAK_BUYERS,
-        Some(500),
+        Some(SOAK_SNAPSHOT_LOGS),
+        seed(),
     )
     .await
 }
