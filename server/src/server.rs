@@ -229,6 +229,7 @@ pub async fn run(
         .layer(crate::grpc::rate_limit::RateLimitLayer::new(
             config.session_rate_limit,
         ))
+        .layer(crate::grpc::request_errors::RequestErrorsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
