@@ -1990,7 +1990,7 @@ fn set_setting(_: &World) -> Vec<Case> {
             "a value beyond u64",
             O,
             set("dispute_window_ms", "99999999999999999999999").encode_to_vec(),
-            &["dispute_window_ms"],
+            &["dispute_window_ms", "too large"],
         ),
         invalid(
             "a commission of 10,001 basis points",
@@ -2277,7 +2277,7 @@ async fn snapshot(client: &ClusterClient, r: &Readers<'_>) -> anyhow::Result<Sna
 /// Whether a message reads as a sentence for a person rather than a debug
 /// dump.
 fn reads_as_a_sentence(message: &str) -> bool {
-    let dump = ["Status {", "DecodeError", "Some(", "Err(", "code:"];
+    let dump = ["Status {", "DecodeError", "Some(", "Err(", "Code::"];
     message.len() >= 12 && message.contains(' ') && !dump.iter().any(|d| message.contains(d))
 }
 
