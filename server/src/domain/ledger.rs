@@ -401,6 +401,8 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use super::*;
+
     #[test]
     fn a_hold_lasts_the_default_or_at_most_thirty_days() {
         assert_eq!(hold_ttl_ms(0, 900_000), Ok(900_000));
@@ -411,8 +413,6 @@ mod tests {
             assert!(refusal.contains("ttl_ms is at most"), "{refusal}");
         }
     }
-
-    use super::*;
 
     fn account(id: AccountId) -> Account {
         Account {

@@ -742,7 +742,17 @@ impl AdminService for AdminApi {
         let id = request.into_inner().id;
         let node = &self.node;
         let metrics = node.raft.metrics().borrow().clone();
-        if metrics.membership_config.membership().get_node(&id).is_none() {
+        // Judged by the leader, whose membership is the latest: a follower
+        // that has not applied a learner's addition yet forwards (below)
+        // rather than deny a learner that exists.
+        let leads = metrics.current_leader == Some(node.id);
+        if leads
+            && metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_none()
+        {
             return Err(Status::not_found(format!(
                 "node {id} is not a member of the cluster; add it as a learner first (`agora-admin status` lists the members)"
             )));

@@ -112,7 +112,11 @@ mod tests {
         );
         let better = clarify(&tonic).expect("rewritten");
         assert_eq!(better.code(), Code::InvalidArgument);
-        assert!(better.message().contains("PutRequest.key"), "{}", better.message());
+        assert!(
+            better.message().contains("PutRequest.key"),
+            "{}",
+            better.message()
+        );
         assert!(better.message().contains("UTF-8"), "{}", better.message());
     }
 
