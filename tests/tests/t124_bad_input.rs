@@ -673,6 +673,31 @@ fn cash_flows(_: &World) -> Vec<Case> {
             &["cursor"],
         ),
         invalid(
+            "a cursor beyond i64",
+            U,
+            flows(10, &u64::MAX.to_string(), vec![]).encode_to_vec(),
+            &["cursor"],
+        ),
+        at_most(
+            "a cursor past the newest entry (i64::MAX)",
+            U,
+            flows(10, &i64::MAX.to_string(), vec![]).encode_to_vec(),
+            10,
+            count_flows,
+        ),
+        // Entries from the far future on: there are none.
+        at_most(
+            "from_ms u64::MAX",
+            U,
+            m::CashFlowsRequest {
+                from_ms: u64::MAX,
+                ..m::CashFlowsRequest::default()
+            }
+            .encode_to_vec(),
+            0,
+            count_flows,
+        ),
+        invalid(
             "a cursor that is not UTF-8",
             U,
             then(&flows(10, "", vec![]), &not_utf8(6)),
@@ -1037,6 +1062,13 @@ fn seller_listings(_: &World) -> Vec<Case> {
             list("alice", 10, "abc").encode_to_vec(),
             &["cursor"],
         ),
+        at_most(
+            "a cursor past the newest listing (u64::MAX)",
+            A,
+            list("alice", 10, &u64::MAX.to_string()).encode_to_vec(),
+            10,
+            count_listings,
+        ),
     ]
 }
 
@@ -1355,6 +1387,14 @@ fn get_purchase(_: &World) -> Vec<Case> {
             &["999999"],
         ),
     ]
+}
+
+fn count_flows(bytes: &[u8]) -> anyhow::Result<usize> {
+    Ok(m::CashFlowsReply::decode(bytes)?.entries.len())
+}
+
+fn count_listings(bytes: &[u8]) -> anyhow::Result<usize> {
+    Ok(m::SellerListingsReply::decode(bytes)?.listings.len())
 }
 
 fn count_purchases(bytes: &[u8]) -> anyhow::Result<usize> {
@@ -2381,8 +2421,9 @@ async fn every_rpc_refuses_bad_input_clearly_and_changes_nothing() -> anyhow::Re
     // The people: an admin, alice with money and a listing, bob with a
     // listing alice is buying (for an hour, so nothing lapses during the
     // matrix; bob then goes offline, so no presence lease lapses either).
-    account::register(&operator, "root", PASSWORD.as_bytes(), true).await?;
-    let admin = account::login(&everyone, "root", PASSWORD.as_bytes()).await?;
+    let root = account::register(&operator, "root", PASSWORD.as_bytes(), true).await?;
+    // On whichever node, once it has the registration.
+    let admin = account::login_after(&everyone, "root", PASSWORD.as_bytes(), root.index).await?;
     let alice = MarketUser::register(&everyone, &dir, "alice", PASSWORD).await?;
     let bob = MarketUser::register(&everyone, &dir, "bob", PASSWORD).await?;
     ledger::deposit(&operator, "alice", 100_00, &agora_peer::new_request_id()).await?;
