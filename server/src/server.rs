@@ -308,6 +308,7 @@ pub async fn run(
             config.session_rate_limit,
             node.auth.token_key(),
         ))
+        .layer(crate::grpc::request_errors::RequestErrorsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

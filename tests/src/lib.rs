@@ -32,6 +32,7 @@ pub mod nemesis;
 mod node;
 pub mod proxy;
 pub mod soak;
+mod raw;
 mod wait;
 
 pub use audit::wait_clean_audit;
@@ -40,4 +41,5 @@ pub use cli::{CliOutput, CliProcess, PeerCli, Pipe, PEER_BINARY, RUN_TIMEOUT};
 pub use cluster::{CertDir, TestCluster, TestOptions};
 pub use market::{peer_client, MarketUser, Shop};
 pub use node::NodeInfo;
+pub use raw::{call_raw, RawCodec, RawDecoder, RawEncoder};
 pub use wait::{wait_for, Probe, POLL_INTERVAL};

@@ -376,6 +376,25 @@ pub fn void_hold(hold: &mut Hold, account: &mut Account) -> Result<(), LedgerErr
     Ok(())
 }
 
+/// Longest a hold may last before it lapses (30 days): a hold is a
+/// pending transfer, not a way to freeze someone's money for ever, and a
+/// bound keeps its expiry time far from overflowing.
+pub const MAX_HOLD_TTL_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
+/// How long a hold asked to last `asked_ms` lasts: `default_ms` for 0.
+///
+/// # Errors
+/// A sentence when `asked_ms` is above [`MAX_HOLD_TTL_MS`].
+pub fn hold_ttl_ms(asked_ms: u64, default_ms: u64) -> Result<u64, String> {
+    match asked_ms {
+        0 => Ok(default_ms),
+        ms if ms > MAX_HOLD_TTL_MS => Err(format!(
+            "ttl_ms is at most {MAX_HOLD_TTL_MS} (30 days); 0 means the default"
+        )),
+        ms => Ok(ms),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -383,6 +402,17 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_hold_lasts_the_default_or_at_most_thirty_days() {
+        assert_eq!(hold_ttl_ms(0, 900_000), Ok(900_000));
+        assert_eq!(hold_ttl_ms(1, 900_000), Ok(1));
+        assert_eq!(hold_ttl_ms(MAX_HOLD_TTL_MS, 0), Ok(MAX_HOLD_TTL_MS));
+        for too_long in [MAX_HOLD_TTL_MS + 1, u64::MAX] {
+            let refusal = hold_ttl_ms(too_long, 0).err().unwrap_or_default();
+            assert!(refusal.contains("ttl_ms is at most"), "{refusal}");
+        }
+    }
 
     fn account(id: AccountId) -> Account {
         Account {

@@ -50,10 +50,12 @@ pub fn parse_change(
     limits: Limits,
 ) -> Result<SettingChange, String> {
     let number = || -> Result<u64, String> {
-        value
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| format!("{name} takes a whole number (digits only); {value:?} is not one"))
+        value.trim().parse::<u64>().map_err(|e| match e.kind() {
+            std::num::IntErrorKind::PosOverflow => {
+                format!("{name} is far too large: {value} is beyond any limit a setting has")
+            }
+            _ => format!("{name} takes a whole number (digits only); {value:?} is not one"),
+        })
     };
     let small = |max: u32| -> Result<u32, String> {
         let n = number()?;
@@ -200,5 +202,7 @@ mod tests {
         assert!(parse("argon2_memory_kib", "4").is_err_and(|e| e.contains("8 KiB")));
         assert!(parse("argon2_memory_kib", "2000000").is_err_and(|e| e.contains("at most")));
         assert!(parse("colour", "1").is_err_and(|e| e.contains("commission_bps")));
+        assert!(parse("dispute_window_ms", "99999999999999999999999")
+            .is_err_and(|e| e.contains("too large") && !e.contains("digits only")));
     }
 }

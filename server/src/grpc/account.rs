@@ -329,6 +329,11 @@ impl AccountService for AccountApi {
         request: Request<LoginFinishRequest>,
     ) -> Result<Response<LoginFinishReply>, Status> {
         let req = request.into_inner();
+        if req.login_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "login_id is missing; send the one LoginStart answered, to the same node",
+            ));
+        }
         let pending = self.take_pending(&req.login_id).ok_or_else(|| {
             Status::failed_precondition(
                 "this login is unknown or took too long on this node; start the login again",

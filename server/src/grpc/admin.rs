@@ -512,16 +512,15 @@ impl AdminService for AdminApi {
         let session = self.node.auth.require_admin(&request).await?;
         let req = request.into_inner();
         let key = admin_key(session.as_ref(), req.request_id)?;
-        let user_id = self.user_id(&req.username).await?;
-        let payee_user_id = self.user_id(&req.payee).await?;
-        let ttl = if req.ttl_ms == 0 {
-            DEFAULT_HOLD_TTL
-        } else {
-            Duration::from_millis(req.ttl_ms)
-        };
         // The expiry is counted from the command's (leader's) time when it
         // applies, so a retry carries the same body.
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = crate::domain::ledger::hold_ttl_ms(
+            req.ttl_ms,
+            u64::try_from(DEFAULT_HOLD_TTL.as_millis()).unwrap_or(u64::MAX),
+        )
+        .map_err(Status::invalid_argument)?;
+        let user_id = self.user_id(&req.username).await?;
+        let payee_user_id = self.user_id(&req.payee).await?;
         let applied = self
             .write(
                 key,
@@ -743,6 +742,21 @@ impl AdminService for AdminApi {
         let id = request.into_inner().id;
         let node = &self.node;
         let metrics = node.raft.metrics().borrow().clone();
+        // Judged by the leader, whose membership is the latest: a follower
+        // that has not applied a learner's addition yet forwards (below)
+        // rather than deny a learner that exists.
+        let leads = metrics.current_leader == Some(node.id);
+        if leads
+            && metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "node {id} is not a member of the cluster; add it as a learner first (`agora-admin status` lists the members)"
+            )));
+        }
         if let Some(replication) = &metrics.replication {
             let last = metrics.last_log_index.unwrap_or(0);
             let matched = replication

@@ -254,6 +254,17 @@ fn page(limit: u32, default: u32, max: u32) -> Result<u32, Status> {
     }
 }
 
+/// A listing id the request must name: 0 is a missing field, not a
+/// listing that does not exist.
+fn listing_id(id: u64) -> Result<u64, Status> {
+    if id == 0 {
+        return Err(Status::invalid_argument(
+            "listing_id is missing; `agora search` finds listings, `agora listings` lists yours",
+        ));
+    }
+    Ok(id)
+}
+
 fn sort_of(raw: i32) -> Result<Sort, Status> {
     match SearchSort::try_from(raw) {
         Ok(SearchSort::Relevance) => Ok(Sort::Relevance),
@@ -332,7 +343,7 @@ impl CatalogueService for CatalogueApi {
                 .map_err(invalid)?,
         };
         let op = Op::EditListing {
-            listing_id: req.listing_id,
+            listing_id: listing_id(req.listing_id)?,
             actor: actor(&session),
             edit,
         };
@@ -346,7 +357,7 @@ impl CatalogueService for CatalogueApi {
         let session = self.node.auth.require_session(request.metadata()).await?;
         let req = request.into_inner();
         let op = Op::Reprice {
-            listing_id: req.listing_id,
+            listing_id: listing_id(req.listing_id)?,
             actor: actor(&session),
             price: catalogue::price(req.price).map_err(Status::invalid_argument)?,
         };
@@ -360,7 +371,7 @@ impl CatalogueService for CatalogueApi {
         let session = self.node.auth.require_session(request.metadata()).await?;
         let req = request.into_inner();
         let op = Op::Unpublish {
-            listing_id: req.listing_id,
+            listing_id: listing_id(req.listing_id)?,
             actor: actor(&session),
         };
         self.write_listing(&session, req.request_id, op).await
@@ -371,11 +382,12 @@ impl CatalogueService for CatalogueApi {
         request: Request<GetListingRequest>,
     ) -> Result<Response<GetListingReply>, Status> {
         let req = request.into_inner();
+        let id = listing_id(req.listing_id)?;
         let applied_index = self.node.read_barrier(freshness(req.consistency)).await?;
-        let listing = store::catalogue::listing(self.node.state.readers(), req.listing_id)
+        let listing = store::catalogue::listing(self.node.state.readers(), id)
             .await
             .map_err(|e| Self::internal(&e))?
-            .ok_or_else(|| Status::not_found(format!("there is no listing {}", req.listing_id)))?;
+            .ok_or_else(|| Status::not_found(format!("there is no listing {id}")))?;
         Ok(Response::new(GetListingReply {
             listing: Some(to_proto(listing)),
             applied_index,

@@ -49,6 +49,7 @@ impl KvService for KvApi {
 
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetReply>, Status> {
         let req = request.into_inner();
+        crate::domain::kv::validate_key(&req.key).map_err(Status::invalid_argument)?;
         let applied_index = self.node.read_barrier(freshness(req.consistency)).await?;
         let stored = store::kv::get(self.node.state.readers(), &req.key)
             .await

@@ -9,6 +9,7 @@ pub mod ledger;
 pub mod purchase;
 pub mod raft;
 pub mod rate_limit;
+pub mod request_errors;
 pub mod rpc_metrics;
 
 use agora_proto::market;
