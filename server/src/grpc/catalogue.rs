@@ -39,14 +39,11 @@ use crate::raft::command::{Actor, ListingEdit, Op, Outcome, Proposal, RequestKey
 use crate::store;
 use crate::store::catalogue::{ListingRow, SearchQuery};
 
-/// Largest search page.
-const MAX_SEARCH_PAGE: u32 = 100;
-/// Search page size when the request gives none.
-const DEFAULT_SEARCH_PAGE: u32 = 20;
-/// Largest page of a seller's listings.
-const MAX_LISTINGS_PAGE: u32 = 500;
-/// Page of a seller's listings when the request gives none.
-const DEFAULT_LISTINGS_PAGE: u32 = 50;
+// The page sizes live with the other limits.
+use super::limits::{
+    DEFAULT_LISTINGS_PAGE, DEFAULT_SEARCH_PAGE, MAX_LISTINGS_PAGE, MAX_LISTINGS_REPLY_BYTES,
+    MAX_SEARCH_PAGE,
+};
 
 /// How long a cached search page may be served after the catalogue
 /// changed.
@@ -423,13 +420,18 @@ impl CatalogueService for CatalogueApi {
         )
         .await
         .map_err(|e| Self::internal(&e))?;
-        let next_cursor = if rows.len() == limit as usize {
-            rows.last().map(|l| l.id.to_string()).unwrap_or_default()
+        let full = rows.len() == limit as usize;
+        let mut listings: Vec<_> = rows.into_iter().map(to_proto).collect();
+        // Long listings end the page early; the cursor goes on from there.
+        let fit = super::limits::fitting(&listings, MAX_LISTINGS_REPLY_BYTES);
+        let next_cursor = if full || fit < listings.len() {
+            listings.truncate(fit);
+            listings.last().map(|l| l.id.to_string()).unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(SellerListingsReply {
-            listings: rows.into_iter().map(to_proto).collect(),
+            listings,
             next_cursor,
             applied_index,
         }))
