@@ -376,16 +376,19 @@ async fn limits() -> anyhow::Result<()> {
     // --- 1. Transfers per buyer and in total.
     let bea_big = purchase::begin(&bea.client, l_big, 0, bea.request()).await?;
     let bea_purchase = bea_big.purchase.clone().context("no purchase")?.id;
+    // One connection per held stream: on a shared connection, a stream
+    // nobody reads would take the whole connection window and stall the
+    // other one when the test reads it.
     let bea_channel = seller_channel(&endpoint, &bea, sam_key).await?;
+    let bea_channel2 = seller_channel(&endpoint, &bea, sam_key).await?;
     let s1 = open(&bea_channel, &bea_big.ticket, l_big).await?;
-    let s2 = open(&bea_channel, &bea_big.ticket, l_big).await?;
+    let s2 = open(&bea_channel2, &bea_big.ticket, l_big).await?;
     expect_busy(
         open(&bea_channel, &bea_big.ticket, l_big).await,
         "at most 2 transfers to one buyer",
         "bea's third stream",
     )?;
     // From another connection it is the same buyer, and the same limit.
-    let bea_channel2 = seller_channel(&endpoint, &bea, sam_key).await?;
     expect_busy(
         open(&bea_channel2, &bea_big.ticket, l_big).await,
         "at most 2 transfers to one buyer",
@@ -534,11 +537,13 @@ async fn limits() -> anyhow::Result<()> {
     let pid = cluster.node(leader)?.pid;
     let before = rss_kib(pid)?;
     let under = 2 * KIB;
-    let puts = (0..FLOOD).map(|_| {
-        let mut kv = kv.clone();
-        let request = put(KV_LIMIT - under);
-        async move { kv.put(request).await.map(|_| ()) }
-    });
+    let puts: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let mut kv = kv.clone();
+            let request = put(KV_LIMIT - under);
+            async move { kv.put(request).await.map(|_| ()) }
+        })
+        .collect();
     let publishes = (0..FLOOD).map(|n| {
         let mut catalogue = sam_catalogue();
         let request = sam
