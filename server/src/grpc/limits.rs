@@ -224,17 +224,15 @@ where
         Box::pin(async move {
             let mut response = future.await?;
             let headers = response.headers_mut();
+            // gRPC percent-encodes the message (its spaces, above all).
+            let tonic_message = headers
+                .get("grpc-message")
+                .map(|v| percent_decoded(v.as_bytes()))
+                .unwrap_or_default();
             let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
-                && headers
-                    .get("grpc-message")
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|m| m.starts_with(TONIC_TOO_LARGE));
+                && tonic_message.starts_with(TONIC_TOO_LARGE);
             if oversized {
-                let tonic_message = headers
-                    .get("grpc-message")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                let sentence = too_large_sentence(tonic_message);
+                let sentence = too_large_sentence(&tonic_message);
                 headers.insert("grpc-status", http::HeaderValue::from_static("8"));
                 // Only printable ASCII, so it needs no percent-encoding.
                 if let Ok(value) = http::HeaderValue::from_str(&sentence) {
@@ -322,6 +320,30 @@ where
             response
         })
     }
+}
+
+/// A percent-encoded header value as text (`%20` is a space; anything
+/// malformed is kept as it is).
+fn percent_decoded(value: &[u8]) -> String {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        let escaped = (value[i] == b'%')
+            .then(|| Some((hex(*value.get(i + 1)?)?, hex(*value.get(i + 2)?)?)))
+            .flatten();
+        match escaped {
+            Some((high, low)) => {
+                out.push(u8::try_from(high * 16 + low).unwrap_or(b'?'));
+                i += 3;
+            }
+            None => {
+                out.push(value[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The sentence for a request refused for its size, from tonic's message
@@ -430,6 +452,16 @@ mod tests {
     fn snapshot_chunks_fit_raft_messages() {
         assert!(RAFT_SNAPSHOT_CHUNK_BYTES as usize * 2 < MAX_RAFT_MESSAGE_BYTES);
         assert!(MAX_PURCHASE_REQUEST_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES);
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        assert_eq!(
+            percent_decoded(b"Error,%20decoded%20message%25"),
+            "Error, decoded message%"
+        );
+        assert_eq!(percent_decoded(b"50%"), "50%");
+        assert_eq!(percent_decoded(b"%zz"), "%zz");
     }
 
     #[test]
