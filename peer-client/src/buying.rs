@@ -793,7 +793,11 @@ async fn fetch_when_free(
             Err(status)
                 if status.code() == Code::ResourceExhausted && Instant::now() + pause < give_up =>
             {
-                tracing::info!(reason = status.message(), ?pause, "the seller is busy; asking again");
+                tracing::info!(
+                    reason = status.message(),
+                    ?pause,
+                    "the seller is busy; asking again"
+                );
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(BUSY_RETRY_MAX);
             }

@@ -114,10 +114,12 @@ const MAX_EVENTS_PAGE: usize = 1000;
 /// Requests of each kind in the flood.
 const FLOOD: usize = 64;
 /// How much the leader's resident memory may grow during the flood, in MiB.
-/// Measured growth on a quiet 2-core machine: see docs/BENCHMARKS.md
-/// ("Memory under a flood of the largest requests"); the bound leaves
-/// several times that for a loaded machine and allocator slack.
-const FLOOD_RSS_BOUND_MIB: u64 = 512;
+/// Measured: about 43 MiB (docs/BENCHMARKS.md, "Memory under a flood of
+/// the largest requests"). What the limits allow at the very worst, every
+/// request in flight at once, each buffered and decoded (two copies):
+/// 64 × 2 × 256 KiB of Puts, as much of Publishes, 8 × 2 × 5 MiB of
+/// disputes, about 150 MiB; the bound adds room for the allocator.
+const FLOOD_RSS_BOUND_MIB: u64 = 256;
 /// Largest listings published for the reply test: more than one budget.
 const BIG_LISTINGS: usize = 80;
 
@@ -269,10 +271,7 @@ async fn drain(mut stream: Streaming<FetchReply>, chunk_count: u64) -> anyhow::R
                     next += 1;
                 }
                 Part::Sealed(sealed) => {
-                    anyhow::ensure!(
-                        next == chunk_count,
-                        "sealed after {next} of {chunk_count}"
-                    );
+                    anyhow::ensure!(next == chunk_count, "sealed after {next} of {chunk_count}");
                     let root = tree.finish().context("no chunks")?;
                     anyhow::ensure!(
                         sealed.ciphertext_root.as_ref() == root.as_slice(),
@@ -407,10 +406,7 @@ async fn limits() -> anyhow::Result<()> {
     );
 
     buy(&mal, l_small, &got.join("mal-small.bin"), &small).await?;
-    eprintln!(
-        "[{:>5.1}s] 1. mal bought a file meanwhile",
-        elapsed()
-    );
+    eprintln!("[{:>5.1}s] 1. mal bought a file meanwhile", elapsed());
     let mal_big = purchase::begin(&mal.client, l_big, 0, mal.request()).await?;
     let mal_channel = seller_channel(&endpoint, &mal, sam_key).await?;
     // The seller may not have let go of mal's finished transfer yet.
@@ -439,19 +435,19 @@ async fn limits() -> anyhow::Result<()> {
     let bea_out = got.join("bea-other.bin");
     let (bought, root1) = tokio::join!(buy(&bea, l_other, &bea_out, &other), async {
         wait_for("bea's purchase to begin", CONVERGE, || async {
-            Ok(
-                match bea.store.live_download_of(bea.id, l_other).await? {
-                    Some(_) => Probe::Ready(()),
-                    None => Probe::NotYet("no download yet".into()),
-                },
-            )
+            Ok(match bea.store.live_download_of(bea.id, l_other).await? {
+                Some(_) => Probe::Ready(()),
+                None => Probe::NotYet("no download yet".into()),
+            })
         })
         .await?;
         drain(s1, chunk_count).await
     });
     bought.context("bea's purchase while at her limit")?;
     let root1 = root1.context("bea's first stream")?;
-    let root2 = drain(s2, chunk_count).await.context("bea's second stream")?;
+    let root2 = drain(s2, chunk_count)
+        .await
+        .context("bea's second stream")?;
     anyhow::ensure!(root1 == root2, "two streams of one purchase differ");
     eprintln!(
         "[{:>5.1}s] 1. bea's streams delivered the file; her waiting purchase completed",
@@ -608,6 +604,12 @@ async fn limits() -> anyhow::Result<()> {
         }
         *codes.entry(format!("{code:?}")).or_insert(0) += 1;
     }
+    // The 64 disputes' headers arrive long before 8 of their 5 MiB bodies
+    // are through, so the cap on large requests in flight refuses some.
+    anyhow::ensure!(
+        codes.get("ResourceExhausted").copied().unwrap_or(0) > 0,
+        "no dispute was refused by the cap on large requests in flight: {codes:?}"
+    );
     let grew_mib = peak.saturating_sub(before) / 1024;
     eprintln!(
         "[{:>5.1}s] 3. flood of {} requests: leader RSS {} MiB before, peak {} MiB (+{grew_mib} MiB); answers {codes:?}",

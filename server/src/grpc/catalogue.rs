@@ -426,7 +426,10 @@ impl CatalogueService for CatalogueApi {
         let fit = super::limits::fitting(&listings, MAX_LISTINGS_REPLY_BYTES);
         let next_cursor = if full || fit < listings.len() {
             listings.truncate(fit);
-            listings.last().map(|l| l.id.to_string()).unwrap_or_default()
+            listings
+                .last()
+                .map(|l| l.id.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };

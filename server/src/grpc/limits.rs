@@ -166,7 +166,7 @@ pub const MAX_CONCURRENT_LARGE_REQUESTS: usize = 8;
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest header block of one request (the session token, the request
 /// id, gRPC's own headers are well under 2 KiB).
-pub const MAX_HEADER_LIST_BYTES: u32 = 16 * KIB as u32;
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// How many of `items` fit in `budget` bytes of encoded reply (at least
 /// one, so a page always makes progress).
@@ -243,6 +243,16 @@ where
         })
     }
 }
+
+// The limits fit one another (checked when the crate compiles).
+const _: () = {
+    assert!(MAX_LISTING_BYTES * 2 <= MAX_CATALOGUE_REQUEST_BYTES);
+    assert!(crate::domain::kv::MAX_VALUE_BYTES * 2 <= MAX_KV_REPLY_BYTES);
+    assert!(MAX_LISTINGS_REPLY_BYTES + MAX_LISTING_BYTES < MAX_CATALOGUE_REPLY_BYTES);
+    assert!(MAX_PAYLOAD_ENTRIES >= 2_000);
+    assert!(RAFT_SNAPSHOT_CHUNK_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES as u64);
+    assert!(MAX_PURCHASE_REQUEST_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES);
+};
 
 /// Caps the large requests in flight; see [`LargeRequests`].
 #[derive(Debug, Clone)]
@@ -364,8 +374,8 @@ fn too_large_sentence(tonic_message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use agora_proto::market::{Listing, PutRequest, RequestId};
     use agora_proto::listing as rules;
+    use agora_proto::market::{Listing, PutRequest, RequestId};
     use prost::Message as _;
 
     /// The largest listing the catalogue accepts, encoded.
@@ -379,7 +389,9 @@ mod tests {
             title: wide(rules::MAX_TITLE_CHARS),
             description: wide(rules::MAX_DESCRIPTION_CHARS),
             topic: wide(rules::MAX_TOPIC),
-            tags: (0..rules::MAX_TAGS).map(|_| wide(rules::MAX_TAG_CHARS)).collect(),
+            tags: (0..rules::MAX_TAGS)
+                .map(|_| wide(rules::MAX_TAG_CHARS))
+                .collect(),
             attributes: (0..rules::MAX_ATTRIBUTES)
                 .map(|i| {
                     (
@@ -403,7 +415,6 @@ mod tests {
             len <= MAX_LISTING_BYTES,
             "a listing can encode to {len} bytes, above MAX_LISTING_BYTES"
         );
-        assert!(MAX_LISTING_BYTES * 2 <= MAX_CATALOGUE_REQUEST_BYTES);
     }
 
     #[test]
@@ -417,14 +428,12 @@ mod tests {
             }),
         };
         assert!(put.encoded_len() * 2 <= MAX_KV_REQUEST_BYTES);
-        assert!(crate::domain::kv::MAX_VALUE_BYTES * 2 <= MAX_KV_REPLY_BYTES);
     }
 
     #[test]
     fn a_full_search_page_fits_the_catalogue_reply_limit() {
         let page = MAX_SEARCH_PAGE as usize * (largest_listing().encoded_len() + 64);
         assert!(page < MAX_CATALOGUE_REPLY_BYTES);
-        assert!(MAX_LISTINGS_REPLY_BYTES + MAX_LISTING_BYTES < MAX_CATALOGUE_REPLY_BYTES);
     }
 
     #[test]
@@ -441,17 +450,15 @@ mod tests {
                 value: vec![0xff; crate::domain::kv::MAX_VALUE_BYTES],
             },
         };
-        let put = crate::raft::network::encode(&proposal).expect("encodes").len();
+        let put = crate::raft::network::encode(&proposal)
+            .expect("encodes")
+            .len();
         assert!(put + 1024 <= MAX_ENTRY_BYTES, "a Put entry is {put} bytes");
         let text = fields.encoded_len();
-        assert!(text + 4 * KIB <= MAX_ENTRY_BYTES, "a listing is {text} bytes");
-        assert!(MAX_PAYLOAD_ENTRIES >= 2_000);
-    }
-
-    #[test]
-    fn snapshot_chunks_fit_raft_messages() {
-        assert!(RAFT_SNAPSHOT_CHUNK_BYTES as usize * 2 < MAX_RAFT_MESSAGE_BYTES);
-        assert!(MAX_PURCHASE_REQUEST_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES);
+        assert!(
+            text + 4 * KIB <= MAX_ENTRY_BYTES,
+            "a listing is {text} bytes"
+        );
     }
 
     #[test]
@@ -469,7 +476,9 @@ mod tests {
         let s = too_large_sentence(
             "Error, decoded message length too large: found 300000 bytes, the limit is: 262144 bytes",
         );
-        assert!(s.contains("300000 bytes") && s.contains("262144 bytes") && s.contains("send less"));
+        assert!(
+            s.contains("300000 bytes") && s.contains("262144 bytes") && s.contains("send less")
+        );
         assert!(too_large_sentence("garbled").contains("over this service's size limit"));
     }
 
