@@ -234,8 +234,8 @@ pub async fn run(
         ))
         .layer(limits::TooLargeLayer)
         .layer(limits::LargeRequestsLayer::default())
-        .add_service(health_service)
-        .add_service(reflection)
+        .add_service(health_service.max_decoding_message_size(limits::MAX_PROBE_REQUEST_BYTES))
+        .add_service(reflection.max_decoding_message_size(limits::MAX_PROBE_REQUEST_BYTES))
         .add_service(
             KvServiceServer::new(KvApi::new(node.clone()))
                 .max_decoding_message_size(limits::MAX_KV_REQUEST_BYTES)

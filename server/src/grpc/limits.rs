@@ -17,6 +17,7 @@
 //! | Catalogue  | one listing (< 64 KiB, see below)          | 256 KiB      |
 //! | Purchase   | a dispute: one 4 MiB chunk and its proofs  | 5 MiB        |
 //! | Admin      | settings, names, ids                       | 1 MiB        |
+//! | Health, reflection | a service or file name             | 64 KiB       |
 //! | Raft       | append batches, 3 MiB snapshot chunks      | 256 MiB      |
 //!
 //! The decode limits bound one request; [`LargeRequestsLayer`] bounds how
@@ -69,6 +70,9 @@ pub const MAX_CATALOGUE_REQUEST_BYTES: usize = 256 * KIB;
 /// Largest `PurchaseService` request: a dispute carries one chunk of at most
 /// 4 MiB, its 16-byte tag and two Merkle proofs of at most 64 hashes.
 pub const MAX_PURCHASE_REQUEST_BYTES: usize = 5 * MIB;
+/// Largest request to the gRPC health and reflection services (a service
+/// or file name).
+pub const MAX_PROBE_REQUEST_BYTES: usize = 64 * KIB;
 /// Largest `AdminService` request: settings, names, ids.
 pub const MAX_ADMIN_REQUEST_BYTES: usize = MIB;
 /// Largest message between nodes, both ways: an append batch of up to
