@@ -26,8 +26,9 @@
 //!    answer (the disputes beyond the node's 8 in flight are refused with a
 //!    sentence), and the node serves on.
 //! 4. **The largest reply**: 80 listings of the largest size the catalogue
-//!    accepts; `SellerListings` at its largest page stops early at its byte
-//!    budget and the cursor brings the rest, each listing once; a page
+//!    accepts; `SellerListings` and `Search` at their largest pages stop
+//!    early at their byte budget and the cursor brings the rest, each
+//!    listing once; a page
 //!    above the maximum is `INVALID_ARGUMENT`; `LogTail` and `Events` asked
 //!    for everything return at most their maximum.
 //!
@@ -61,7 +62,8 @@ use agora_proto::market::catalogue_service_client::CatalogueServiceClient;
 use agora_proto::market::kv_service_client::KvServiceClient;
 use agora_proto::market::purchase_service_client::PurchaseServiceClient;
 use agora_proto::market::{
-    DisputeRequest, ListingFields, PublishRequest, PutRequest, SellerListingsRequest,
+    DisputeRequest, ListingFields, PublishRequest, PutRequest, SearchRequest, SearchSort,
+    SellerListingsRequest,
 };
 use agora_proto::merkle::{self, Hash, MerkleBuilder};
 use agora_proto::peer::fetch_reply::Part;
@@ -103,11 +105,13 @@ const KV_LIMIT: usize = 256 * KIB;
 const CATALOGUE_LIMIT: usize = 256 * KIB;
 /// `MAX_PURCHASE_REQUEST_BYTES`.
 const PURCHASE_LIMIT: usize = 5 * MIB;
-/// `MAX_LISTINGS_REPLY_BYTES`, and the largest listing, `MAX_LISTING_BYTES`.
-const LISTINGS_REPLY_BUDGET: usize = 3 * MIB;
+/// `MAX_LISTINGS_REPLY_BYTES` = `MAX_SEARCH_REPLY_BYTES`, and the largest
+/// listing, `MAX_LISTING_BYTES`.
+const REPLY_BUDGET: usize = 3 * MIB;
 const LISTING_BYTES: usize = 64 * KIB;
-/// `MAX_LISTINGS_PAGE`, `MAX_LOG_LINES`, `MAX_EVENTS_PAGE`.
+/// `MAX_LISTINGS_PAGE`, `MAX_SEARCH_PAGE`, `MAX_LOG_LINES`, `MAX_EVENTS_PAGE`.
 const MAX_LISTINGS_PAGE: u32 = 500;
+const MAX_SEARCH_PAGE: u32 = 100;
 const MAX_LOG_LINES: usize = 1000;
 const MAX_EVENTS_PAGE: usize = 1000;
 
@@ -663,7 +667,7 @@ async fn limits() -> anyhow::Result<()> {
             .into_inner();
         let bytes = reply.encoded_len();
         anyhow::ensure!(
-            bytes <= LISTINGS_REPLY_BUDGET + LISTING_BYTES,
+            bytes <= REPLY_BUDGET + LISTING_BYTES,
             "a SellerListings page is {bytes} bytes"
         );
         pages += 1;
@@ -683,6 +687,45 @@ async fn limits() -> anyhow::Result<()> {
     anyhow::ensure!(
         seen == published,
         "the pages did not bring every listing once"
+    );
+    // Search pages stop at their byte budget too, and the cursor goes on.
+    let mut found = HashSet::new();
+    let mut cursor = String::new();
+    let mut search_pages = 0;
+    loop {
+        let reply = sam_catalogue()
+            .search(SearchRequest {
+                seller: sam.name.clone(),
+                sort: SearchSort::Newest.into(),
+                limit: MAX_SEARCH_PAGE,
+                cursor: cursor.clone(),
+                consistency: Some(linearizable()),
+                ..SearchRequest::default()
+            })
+            .await?
+            .into_inner();
+        let bytes = reply.encoded_len();
+        anyhow::ensure!(
+            bytes <= REPLY_BUDGET + LISTING_BYTES,
+            "a Search page is {bytes} bytes"
+        );
+        search_pages += 1;
+        for r in &reply.results {
+            let id = r.listing.as_ref().context("a result without a listing")?.id;
+            anyhow::ensure!(found.insert(id), "listing {id} found twice");
+        }
+        eprintln!(
+            "    Search page {search_pages}: {} results, {bytes} bytes",
+            reply.results.len()
+        );
+        if reply.next_cursor.is_empty() {
+            break;
+        }
+        cursor = reply.next_cursor;
+    }
+    anyhow::ensure!(
+        search_pages >= 2 && found == published,
+        "the search pages did not bring every listing once"
     );
     let too_many = sam_catalogue()
         .seller_listings(SellerListingsRequest {

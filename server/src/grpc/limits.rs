@@ -33,10 +33,10 @@
 //! Replies are bounded by their page sizes (the `MAX_*_PAGE` constants,
 //! which every list RPC uses) and by an encode limit per service, computed
 //! from those pages: a reply can never be bigger than that, whatever is
-//! stored. The largest is `SellerListings`, which also stops a page early
-//! once it holds [`MAX_LISTINGS_REPLY_BYTES`] (the cursor then continues
-//! from there), so it stays readable by clients with tonic's default 4 MiB
-//! decode limit.
+//! stored. `Search` and `SellerListings` also stop a page early once it
+//! holds [`MAX_SEARCH_REPLY_BYTES`] / [`MAX_LISTINGS_REPLY_BYTES`] (the
+//! cursor then continues from there), so they stay readable by clients
+//! with tonic's default 4 MiB decode limit.
 //!
 //! tonic itself answers an oversized request with `OUT_OF_RANGE` and
 //! "Error, decoded message length too large"; [`TooLargeLayer`] turns that
@@ -106,6 +106,10 @@ pub const MAX_LISTING_BYTES: usize = 64 * KIB;
 pub const DEFAULT_SEARCH_PAGE: u32 = 20;
 /// Largest `Search` page (100 × [`MAX_LISTING_BYTES`] = 6.25 MiB at most).
 pub const MAX_SEARCH_PAGE: u32 = 100;
+/// A `Search` page ends early once it holds this many bytes (a full page
+/// of the longest listings would be 6 MiB, past tonic's default 4 MiB
+/// decode limit on the client side).
+pub const MAX_SEARCH_REPLY_BYTES: usize = 3 * MIB;
 /// Default `SellerListings` page.
 pub const DEFAULT_LISTINGS_PAGE: u32 = 50;
 /// Largest `SellerListings` page, in listings (short listings: a seller's
@@ -253,6 +257,7 @@ const _: () = {
     assert!(MAX_LISTING_BYTES * 2 <= MAX_CATALOGUE_REQUEST_BYTES);
     assert!(crate::domain::kv::MAX_VALUE_BYTES * 2 <= MAX_KV_REPLY_BYTES);
     assert!(MAX_LISTINGS_REPLY_BYTES + MAX_LISTING_BYTES < MAX_CATALOGUE_REPLY_BYTES);
+    assert!(MAX_SEARCH_REPLY_BYTES + MAX_LISTING_BYTES < MAX_CATALOGUE_REPLY_BYTES);
     assert!(MAX_PAYLOAD_ENTRIES >= 2_000);
     assert!(RAFT_SNAPSHOT_CHUNK_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES as u64);
     assert!(MAX_PURCHASE_REQUEST_BYTES * 2 < MAX_RAFT_MESSAGE_BYTES);
