@@ -577,9 +577,11 @@ impl AdminService for AdminApi {
                 ),
             );
         }
+        let clean = report.problems.is_empty();
+        let problems = super::limits::capped_problems(report.problems);
         Ok(Response::new(AuditReply {
-            clean: report.problems.is_empty(),
-            problems: report.problems,
+            clean,
+            problems,
             applied_index: report.applied_index,
             ledger_digest: report.ledger_digest,
             balance_sum: report.balance_sum,

@@ -139,6 +139,10 @@ pub const DEFAULT_LOG_LINES: u32 = 100;
 /// [`crate::log_tail::MAX_TAIL_BYTES`] (1 MiB) as well.
 pub const MAX_LOG_LINES: u32 = 1000;
 
+/// Most audit problems one `Audit` reply lists (the node's log has them
+/// all); a broken ledger can have one per account.
+pub const MAX_AUDIT_PROBLEMS: usize = 100;
+
 /// Largest `KvService` reply: one value of at most 64 KiB.
 pub const MAX_KV_REPLY_BYTES: usize = 256 * KIB;
 /// Largest `AccountService` reply.
@@ -175,6 +179,19 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 256;
 /// Largest header block of one request (the session token, the request
 /// id, gRPC's own headers are well under 2 KiB).
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// The first [`MAX_AUDIT_PROBLEMS`] of `problems`, and a line saying how
+/// many more there are.
+pub fn capped_problems(mut problems: Vec<String>) -> Vec<String> {
+    if problems.len() > MAX_AUDIT_PROBLEMS {
+        let more = problems.len() - MAX_AUDIT_PROBLEMS;
+        problems.truncate(MAX_AUDIT_PROBLEMS);
+        problems.push(format!(
+            "... and {more} more problems; the node's log lists them all"
+        ));
+    }
+    problems
+}
 
 /// How many of `items` fit in `budget` bytes of encoded reply (at least
 /// one, so a page always makes progress).
@@ -489,6 +506,16 @@ mod tests {
             s.contains("300000 bytes") && s.contains("262144 bytes") && s.contains("send less")
         );
         assert!(too_large_sentence("garbled").contains("over this service's size limit"));
+    }
+
+    #[test]
+    fn audit_problems_are_capped() {
+        let few: Vec<String> = (0..3).map(|i| i.to_string()).collect();
+        assert_eq!(capped_problems(few.clone()), few);
+        let many: Vec<String> = (0..250).map(|i| i.to_string()).collect();
+        let capped = capped_problems(many);
+        assert_eq!(capped.len(), MAX_AUDIT_PROBLEMS + 1);
+        assert!(capped[MAX_AUDIT_PROBLEMS].contains("150 more problems"));
     }
 
     #[test]
