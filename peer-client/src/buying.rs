@@ -11,6 +11,11 @@
 //! seller for the next missing chunk; the seller sends the same ciphertext
 //! again (same key, same nonces).
 //!
+//! A seller at its transfer limit answers `RESOURCE_EXHAUSTED`; the buyer
+//! asks again with growing pauses for at most [`BUSY_SELLER_WAIT`], then
+//! stops with the seller's sentence (the money stays held; `agora resume`
+//! goes on later).
+//!
 //! Settlement ([`crate::purchase::complete`]) uses a request id made once
 //! and stored, so a completion retried after a crash (of this process or of
 //! the leader) is the same request: charged once, the same key back.
@@ -18,6 +23,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use agora_proto::dispute;
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
@@ -625,7 +631,7 @@ impl Buyer<'_> {
             listing_id: d.listing_id,
             from_chunk,
         };
-        let mut stream = match seller.fetch(request).await {
+        let mut stream = match fetch_when_free(&mut seller, request).await {
             Ok(r) => r.into_inner(),
             Err(status) if status.code() == Code::FailedPrecondition => {
                 let e = seller_error(format!("the seller refused: {}", status.message()));
@@ -759,6 +765,43 @@ impl Buyer<'_> {
                 }
                 None => return Err(misbehaved("an empty message".into())),
             }
+        }
+    }
+}
+
+/// Longest a buyer keeps asking a seller that is at its transfer limit
+/// (`RESOURCE_EXHAUSTED`) before giving up with the seller's sentence: long
+/// enough for one of the transfers ahead to end, short enough that a buyer
+/// is never stuck without a word.
+pub const BUSY_SELLER_WAIT: Duration = Duration::from_secs(60);
+/// First pause before asking a busy seller again; it doubles each time.
+const BUSY_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between two asks.
+const BUSY_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Calls `Fetch`, asking again with growing pauses while the seller is at
+/// its transfer limit, for at most [`BUSY_SELLER_WAIT`]; any other answer
+/// (and the last refusal) is returned as it is.
+async fn fetch_when_free(
+    seller: &mut SellerServiceClient<tonic::transport::Channel>,
+    request: FetchRequest,
+) -> Result<tonic::Response<tonic::Streaming<agora_proto::peer::FetchReply>>, tonic::Status> {
+    let give_up = Instant::now() + BUSY_SELLER_WAIT;
+    let mut pause = BUSY_RETRY_FIRST;
+    loop {
+        match seller.fetch(request.clone()).await {
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() + pause < give_up =>
+            {
+                tracing::info!(
+                    reason = status.message(),
+                    ?pause,
+                    "the seller is busy; asking again"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BUSY_RETRY_MAX);
+            }
+            other => return other,
         }
     }
 }

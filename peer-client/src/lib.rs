@@ -40,6 +40,7 @@ mod retry;
 pub mod selling;
 pub mod table;
 mod tls;
+pub mod transfer_slots;
 
 pub use account::{Account, Session, SessionInfo};
 pub use bearer::{BearerToken, SessionAuth, AUTHORIZATION};

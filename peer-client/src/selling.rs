@@ -18,13 +18,16 @@
 //! Memory stays flat whatever the file size: a small batch of chunks (a
 //! few per core) is read, encrypted on every core and handed to a bounded
 //! channel (at most [`PIPELINE_CHUNKS`] chunks per transfer queued).
+//!
+//! How many transfers run at once is bounded per buyer and in total
+//! ([`crate::transfer_slots`]): a transfer beyond either limit is refused at
+//! once with `RESOURCE_EXHAUSTED` and a sentence naming the limit.
 
 use std::fs::File;
 use std::future::Future;
 use std::io::{Seek as _, SeekFrom};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
 use agora_proto::merkle::{self, Hash, MerkleBuilder};
@@ -34,7 +37,7 @@ use agora_proto::peer::{Chunk, FetchReply, FetchRequest, LeafBatch, Manifest, Se
 use agora_proto::ticket::{Ticket, TicketError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
@@ -43,14 +46,19 @@ use crate::account::now_ms;
 use crate::catalogue::{fill, modified_ms};
 use crate::local::SaleKey;
 use crate::peer_tls::{self, PeerIdentity, FETCH_WINDOW_BYTES};
+use crate::transfer_slots::{TransferLimits, TransferSlots};
 use crate::{new_request_id, purchase, ClientError, ClusterClient, LocalListing, PeerStore};
 
 /// Encrypted chunks of one transfer waiting to be sent: enough to keep the
 /// network busy while the next chunk is read and encrypted, and the bound
 /// on a transfer's memory (4 × 4 MiB at the largest chunk size).
 pub const PIPELINE_CHUNKS: usize = 4;
-/// Transfers served at once; a buyer beyond it is told to retry.
-pub const MAX_CONCURRENT_FETCHES: usize = 64;
+/// HTTP/2 streams one connection may have open beyond the per-buyer
+/// transfer limit. The HTTP/2 limit bounds what one connection can make the
+/// server hold; it sits above the transfer limit on purpose, because a
+/// client at the HTTP/2 limit queues its next stream silently, while a
+/// stream over the transfer limit is refused with a sentence saying why.
+pub const HTTP2_STREAM_HEADROOM: u32 = 8;
 /// Plaintext leaves per manifest message (2 MiB).
 const LEAVES_PER_BATCH: usize = 65_536;
 /// Largest message the server sends: a 4 MiB chunk plus its tag and framing.
@@ -82,8 +90,8 @@ pub struct Seller {
     seller_id: u64,
     /// The cluster's ticket-signing key.
     ticket_key: VerifyingKey,
-    /// Caps concurrent transfers.
-    slots: Arc<Semaphore>,
+    /// Caps concurrent transfers, per buyer and in total.
+    slots: TransferSlots,
     /// A chunk whose plaintext is corrupted before encryption (tests of
     /// disputes only; always `None` otherwise).
     corrupt_chunk: Option<u64>,
@@ -105,9 +113,23 @@ impl Seller {
             store,
             seller_id,
             ticket_key,
-            slots: Arc::new(Semaphore::new(MAX_CONCURRENT_FETCHES)),
+            slots: TransferSlots::new(TransferLimits::default()),
             corrupt_chunk: None,
         })
+    }
+
+    /// The same seller under other transfer limits (`agora serve
+    /// --max-transfers`, `--max-transfers-per-buyer`).
+    #[must_use]
+    pub fn with_limits(mut self, limits: TransferLimits) -> Self {
+        self.slots = TransferSlots::new(limits);
+        self
+    }
+
+    /// The transfer limits in force.
+    #[must_use]
+    pub fn limits(&self) -> TransferLimits {
+        self.slots.limits()
     }
 
     /// A dishonest seller, for tests of disputes: it flips a byte of chunk
@@ -133,7 +155,9 @@ impl Seller {
     ) -> Result<(), SellError> {
         let identity = PeerIdentity::from_signing_key(identity)?;
         let config = peer_tls::server_config(&identity)?;
+        let per_buyer = u32::try_from(self.slots.limits().per_buyer).unwrap_or(u32::MAX);
         Server::builder()
+            .max_concurrent_streams(per_buyer.saturating_add(HTTP2_STREAM_HEADROOM))
             .initial_stream_window_size(FETCH_WINDOW_BYTES)
             .initial_connection_window_size(FETCH_WINDOW_BYTES)
             .add_service(
@@ -196,10 +220,11 @@ impl SellerService for Seller {
         ticket
             .check(now_ms(), self.seller_id, req.listing_id, &presenter)
             .map_err(|e| ticket_status(&e))?;
-        let permit = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "the seller is serving {MAX_CONCURRENT_FETCHES} downloads already; resume in a moment"
-            ))
+        // After the ticket check: the buyer it names is the one the TLS
+        // identity proved, so its share cannot be spent by anybody else.
+        let permit = self.slots.try_take(ticket.buyer_id).map_err(|refused| {
+            tracing::info!(buyer_id = ticket.buyer_id, %refused, "transfer refused");
+            Status::resource_exhausted(refused.to_string())
         })?;
         let listing = self
             .store

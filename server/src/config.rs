@@ -158,10 +158,13 @@ impl NodeConfig {
                 "purchase-hold-ms must be from 1000 to 86400000 (24 hours)".into(),
             ));
         }
-        if self.max_payload_entries == 0 {
-            return Err(ConfigError::Invalid(
-                "max-payload-entries must be 1 or more".into(),
-            ));
+        if self.max_payload_entries == 0
+            || self.max_payload_entries > crate::grpc::limits::MAX_PAYLOAD_ENTRIES
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max-payload-entries must be from 1 to {} (a batch of the largest entries must fit one Raft message)",
+                crate::grpc::limits::MAX_PAYLOAD_ENTRIES
+            )));
         }
         if self.snapshot_logs < MIN_SNAPSHOT_LOGS {
             return Err(ConfigError::Invalid(format!(
@@ -196,6 +199,7 @@ impl NodeConfig {
             // A snapshot chunk or a vote can take a while on a loaded machine.
             install_snapshot_timeout: self.election_min_ms.max(1000),
             max_payload_entries: self.max_payload_entries,
+            snapshot_max_chunk_size: crate::grpc::limits::RAFT_SNAPSHOT_CHUNK_BYTES,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_logs),
             max_in_snapshot_log_to_keep: self.keep_logs,
             // Purge as soon as the kept tail allows, in modest batches.

@@ -29,15 +29,15 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::catalogue::CatalogueApi;
 use crate::grpc::kv::KvApi;
 use crate::grpc::ledger::LedgerApi;
+use crate::grpc::limits;
 use crate::grpc::purchase::PurchaseApi;
 use crate::grpc::raft::RaftApi;
 use crate::grpc::rpc_metrics::RpcMetricsLayer;
-use crate::grpc::{MAX_ADMIN_MESSAGE_BYTES, MAX_PUBLIC_MESSAGE_BYTES};
 use crate::node::{Node, NodeLocal};
 use crate::observability;
 use crate::presence::{self, Leases};
 use crate::raft::log_store::LogStore;
-use crate::raft::network::{PeerChannels, MAX_RAFT_MESSAGE_BYTES};
+use crate::raft::network::PeerChannels;
 use crate::raft::recovery::{run_abstention, Abstention};
 use crate::raft::state_machine::StateMachine;
 use crate::raft::typ::{self, StorageError};
@@ -301,7 +301,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    // Every size below is a named, documented limit (`grpc::limits`).
     let api_server = Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         .tls_config(tls.api_server())?
         .layer(RpcMetricsLayer::new(requests.clone()))
         .layer(crate::grpc::rate_limit::RateLimitLayer::new(
@@ -309,45 +312,54 @@ pub async fn run(
             node.auth.token_key(),
         ))
         .layer(crate::grpc::request_errors::RequestErrorsLayer)
-        .add_service(health_service)
-        .add_service(reflection)
+        .layer(limits::LargeRequestsLayer::default())
+        .add_service(health_service.max_decoding_message_size(limits::MAX_PROBE_REQUEST_BYTES))
+        .add_service(reflection.max_decoding_message_size(limits::MAX_PROBE_REQUEST_BYTES))
         .add_service(
             KvServiceServer::new(KvApi::new(node.clone()))
-                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+                .max_decoding_message_size(limits::MAX_KV_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_KV_REPLY_BYTES),
         )
         .add_service(
             AdminServiceServer::new(
                 AdminApi::new(node.clone()).with_fault_injection(config.enable_fault_injection),
             )
-            .max_decoding_message_size(MAX_ADMIN_MESSAGE_BYTES),
+            .max_decoding_message_size(limits::MAX_ADMIN_REQUEST_BYTES)
+            .max_encoding_message_size(limits::MAX_ADMIN_REPLY_BYTES),
         )
         .add_service(
             AccountServiceServer::new(AccountApi::new(
                 node.clone(),
                 std::time::Duration::from_secs(config.session_ttl_secs),
             ))
-            .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+            .max_decoding_message_size(limits::MAX_ACCOUNT_REQUEST_BYTES)
+            .max_encoding_message_size(limits::MAX_ACCOUNT_REPLY_BYTES),
         )
         .add_service(
             LedgerServiceServer::new(LedgerApi::new(node.clone()))
-                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+                .max_decoding_message_size(limits::MAX_LEDGER_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_LEDGER_REPLY_BYTES),
         )
         .add_service(
             CatalogueServiceServer::new(CatalogueApi::new(node.clone(), leases))
-                .max_decoding_message_size(MAX_PUBLIC_MESSAGE_BYTES),
+                .max_decoding_message_size(limits::MAX_CATALOGUE_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_CATALOGUE_REPLY_BYTES),
         )
         .add_service(
             PurchaseServiceServer::new(PurchaseApi::new(node.clone(), config.purchase_hold_ms))
-                .max_decoding_message_size(crate::grpc::purchase::MAX_DISPUTE_MESSAGE_BYTES),
+                .max_decoding_message_size(limits::MAX_PURCHASE_REQUEST_BYTES)
+                .max_encoding_message_size(limits::MAX_PURCHASE_REPLY_BYTES),
         )
         .serve_with_incoming_shutdown(no_delay(listeners.api), stopped());
     let raft_server = Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(limits::MAX_HEADER_LIST_BYTES)
         .tls_config(tls.raft_server())?
         .layer(RpcMetricsLayer::new(requests.clone()))
         .add_service(
             RaftServiceServer::new(RaftApi::new(node.clone()))
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                .max_decoding_message_size(limits::MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(limits::MAX_RAFT_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(no_delay(listeners.raft), stopped());
     let metrics_server = observability::serve_metrics(listeners.metrics, metrics, stopped());

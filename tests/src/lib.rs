@@ -31,8 +31,8 @@ mod market;
 pub mod nemesis;
 mod node;
 pub mod proxy;
-pub mod soak;
 mod raw;
+pub mod soak;
 mod wait;
 
 pub use audit::wait_clean_audit;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use agora_peer::buying::Buyer;
 use agora_peer::local::Download;
 use agora_peer::selling::{SellError, Seller};
+use agora_peer::transfer_slots::TransferLimits;
 use agora_peer::{
     account, ledger, presence, purchase, request_id, ClientError, ClusterClient, PeerStore, Session,
 };
@@ -149,9 +150,24 @@ impl MarketUser {
     /// # Errors
     /// When the port, the ticket key or the announcement fails.
     pub async fn open_shop(&self, corrupt: Option<u64>) -> anyhow::Result<Shop> {
+        self.open_shop_with(corrupt, TransferLimits::default())
+            .await
+    }
+
+    /// [`MarketUser::open_shop`] under other transfer limits.
+    ///
+    /// # Errors
+    /// When the port, the ticket key or the announcement fails.
+    pub async fn open_shop_with(
+        &self,
+        corrupt: Option<u64>,
+        limits: TransferLimits,
+    ) -> anyhow::Result<Shop> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = listener.local_addr()?.to_string();
-        let mut files = Seller::new(self.client.clone(), self.store.clone(), self.id).await?;
+        let mut files = Seller::new(self.client.clone(), self.store.clone(), self.id)
+            .await?
+            .with_limits(limits);
         if let Some(index) = corrupt {
             files = files.corrupting_chunk(index);
         }

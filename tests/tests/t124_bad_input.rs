@@ -347,7 +347,7 @@ fn every_rpc(caller: Caller) -> Vec<Case> {
             caller,
             field_bytes(1000, &vec![7; OVERSIZED_BYTES]),
             Code::ResourceExhausted,
-            &["larger", "smaller"],
+            &["over this service's limit", "send less"],
         ),
     ]
 }

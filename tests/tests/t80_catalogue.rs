@@ -831,9 +831,16 @@ async fn catalogue_end_to_end() -> anyhow::Result<()> {
         ("an empty title", fine(""), Code::InvalidArgument),
         ("a blank title", fine("   "), Code::InvalidArgument),
         (
+            "a 100 KB title",
+            fine(&"x".repeat(100_000)),
+            Code::InvalidArgument,
+        ),
+        // Over the catalogue's request limit (256 KiB): refused before
+        // decoding.
+        (
             "a 1 MB title",
             fine(&"x".repeat(1 << 20)),
-            Code::InvalidArgument,
+            Code::ResourceExhausted,
         ),
         (
             "an unknown topic",

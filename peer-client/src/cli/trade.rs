@@ -17,6 +17,7 @@ use agora_peer::presence::keep_presence;
 use agora_peer::purchase;
 use agora_peer::selling::{self, Seller};
 use agora_peer::table::Table;
+use agora_peer::transfer_slots::TransferLimits;
 use agora_proto::amount::format_amount;
 use agora_proto::market::{Purchase, PurchaseRole, PurchaseState};
 use agora_proto::merkle;
@@ -28,6 +29,18 @@ use tokio::net::TcpListener;
 use crate::cli::account::{Peer, SignedIn};
 use crate::cli::catalogue::human_size;
 
+/// Transfers served at once by default, all buyers together (see
+/// [`agora_peer::transfer_slots`]).
+const DEFAULT_TRANSFERS_TOTAL: u16 = 64;
+/// Transfers one buyer may have open at once by default.
+const DEFAULT_TRANSFERS_PER_BUYER: u16 = 4;
+// The library's defaults, which the flags' types cannot name directly.
+const _: () = assert!(
+    DEFAULT_TRANSFERS_TOTAL as usize == agora_peer::transfer_slots::DEFAULT_TRANSFERS_TOTAL
+        && DEFAULT_TRANSFERS_PER_BUYER as usize
+            == agora_peer::transfer_slots::DEFAULT_TRANSFERS_PER_BUYER
+);
+
 /// `agora serve`.
 #[derive(Debug, clap::Args)]
 pub struct Serve {
@@ -38,6 +51,13 @@ pub struct Serve {
     /// (behind NAT or a proxy).
     #[arg(long)]
     advertise: Option<String>,
+    /// Transfers served at once, all buyers together; one more is refused
+    /// and told to try again.
+    #[arg(long, default_value_t = DEFAULT_TRANSFERS_TOTAL, value_parser = clap::value_parser!(u16).range(1..))]
+    max_transfers: u16,
+    /// Transfers one buyer may have open at once.
+    #[arg(long, default_value_t = DEFAULT_TRANSFERS_PER_BUYER, value_parser = clap::value_parser!(u16).range(1..))]
+    max_transfers_per_buyer: u16,
 }
 
 impl Serve {
@@ -54,7 +74,12 @@ impl Serve {
         let local = selling::local_addr(&listener)?;
         let endpoint = self.advertise.unwrap_or_else(|| local.to_string());
         let listings = store.listings(session.user_id, false).await?.len();
-        let seller = Seller::new(client.clone(), store.clone(), session.user_id).await?;
+        let seller = Seller::new(client.clone(), store.clone(), session.user_id)
+            .await?
+            .with_limits(TransferLimits {
+                per_buyer: usize::from(self.max_transfers_per_buyer),
+                total: usize::from(self.max_transfers),
+            });
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {
             let mut rx = stop_rx.clone();

@@ -148,20 +148,13 @@ fn node_addr(member: Option<Member>) -> Result<(NodeId, NodeAddr), Status> {
     ))
 }
 
-/// Events per page unless the caller says.
-const DEFAULT_EVENTS_PAGE: u32 = 100;
-/// Most events per page.
-const MAX_EVENTS_PAGE: u32 = 1000;
-/// Users per page unless the caller says.
-const DEFAULT_USERS_PAGE: u32 = 50;
-/// Most users per page.
-const MAX_USERS_PAGE: u32 = 500;
+// The page sizes live with the other limits.
+use super::limits::{
+    DEFAULT_EVENTS_PAGE, DEFAULT_LOG_LINES, DEFAULT_USERS_PAGE, MAX_EVENTS_PAGE, MAX_LOG_LINES,
+    MAX_USERS_PAGE,
+};
 /// Longest user search text.
 const MAX_USER_QUERY: usize = 64;
-/// Log lines unless the caller says.
-const DEFAULT_LOG_LINES: u32 = 100;
-/// Most log lines in one answer.
-const MAX_LOG_LINES: u32 = 1000;
 /// The bounds the setting commands enforce.
 const SETTING_LIMITS: settings::Limits = settings::Limits {
     max_bps: crate::domain::ledger::MAX_BPS,
@@ -583,9 +576,11 @@ impl AdminService for AdminApi {
                 ),
             );
         }
+        let clean = report.problems.is_empty();
+        let problems = super::limits::capped_problems(report.problems);
         Ok(Response::new(AuditReply {
-            clean: report.problems.is_empty(),
-            problems: report.problems,
+            clean,
+            problems,
             applied_index: report.applied_index,
             ledger_digest: report.ledger_digest,
             balance_sum: report.balance_sum,

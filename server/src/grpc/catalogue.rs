@@ -39,14 +39,11 @@ use crate::raft::command::{Actor, ListingEdit, Op, Outcome, Proposal, RequestKey
 use crate::store;
 use crate::store::catalogue::{ListingRow, SearchQuery};
 
-/// Largest search page.
-const MAX_SEARCH_PAGE: u32 = 100;
-/// Search page size when the request gives none.
-const DEFAULT_SEARCH_PAGE: u32 = 20;
-/// Largest page of a seller's listings.
-const MAX_LISTINGS_PAGE: u32 = 500;
-/// Page of a seller's listings when the request gives none.
-const DEFAULT_LISTINGS_PAGE: u32 = 50;
+// The page sizes live with the other limits.
+use super::limits::{
+    DEFAULT_LISTINGS_PAGE, DEFAULT_SEARCH_PAGE, MAX_LISTINGS_PAGE, MAX_LISTINGS_REPLY_BYTES,
+    MAX_SEARCH_PAGE, MAX_SEARCH_REPLY_BYTES,
+};
 
 /// How long a cached search page may be served after the catalogue
 /// changed.
@@ -435,13 +432,21 @@ impl CatalogueService for CatalogueApi {
         )
         .await
         .map_err(|e| Self::internal(&e))?;
-        let next_cursor = if rows.len() == limit as usize {
-            rows.last().map(|l| l.id.to_string()).unwrap_or_default()
+        let full = rows.len() == limit as usize;
+        let mut listings: Vec<_> = rows.into_iter().map(to_proto).collect();
+        // Long listings end the page early; the cursor goes on from there.
+        let fit = super::limits::fitting(&listings, MAX_LISTINGS_REPLY_BYTES);
+        let next_cursor = if full || fit < listings.len() {
+            listings.truncate(fit);
+            listings
+                .last()
+                .map(|l| l.id.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(SellerListingsReply {
-            listings: rows.into_iter().map(to_proto).collect(),
+            listings,
             next_cursor,
             applied_index,
         }))
@@ -554,17 +559,34 @@ impl CatalogueService for CatalogueApi {
         let hits = store::catalogue::search(readers, &query)
             .await
             .map_err(|e| Self::internal(&e))?;
-        let next_cursor = match hits.last() {
-            Some(last) if hits.len() == limit as usize => {
+        let full = hits.len() == limit as usize;
+        let mut keys: Vec<_> = hits
+            .iter()
+            .map(|h| (h.key(sort, has_text), h.listing.id))
+            .collect();
+        let mut results: Vec<_> = hits
+            .into_iter()
+            .map(|h| SearchResult {
+                score: h.score,
+                listing: Some(to_proto(h.listing)),
+            })
+            .collect();
+        // Long listings end the page early; the cursor goes on from there.
+        let fit = super::limits::fitting(&results, MAX_SEARCH_REPLY_BYTES);
+        let more = full || fit < results.len();
+        results.truncate(fit);
+        keys.truncate(fit);
+        let next_cursor = match keys.last() {
+            Some(&(last_key, last_id)) if more => {
                 if by_relevance {
-                    seen.extend(hits.iter().map(|h| h.listing.id));
+                    seen.extend(keys.iter().map(|(_, id)| *id));
                 }
                 Cursor {
                     query: fingerprint,
                     max_id,
                     min_index: cursor.as_ref().map_or(applied_index, |c| c.min_index),
-                    last_key: last.key(sort, has_text),
-                    last_id: last.listing.id,
+                    last_key,
+                    last_id,
                     seen: if by_relevance {
                         catalogue::pack_ids(&seen)
                     } else {
@@ -576,13 +598,7 @@ impl CatalogueService for CatalogueApi {
             _ => String::new(),
         };
         let reply = SearchReply {
-            results: hits
-                .into_iter()
-                .map(|h| SearchResult {
-                    score: h.score,
-                    listing: Some(to_proto(h.listing)),
-                })
-                .collect(),
+            results,
             next_cursor,
             applied_index,
         };

@@ -21,10 +21,8 @@ use crate::raft::command::{Op, Outcome, Proposal};
 use crate::store;
 use crate::store::ledger::FlowFilter;
 
-/// Largest cash-flow page.
-const MAX_PAGE: u32 = 500;
-/// Page size when the request gives none.
-const DEFAULT_PAGE: u32 = 50;
+// The cash-flow page sizes live with the other limits.
+use super::limits::{DEFAULT_CASH_FLOWS_PAGE as DEFAULT_PAGE, MAX_CASH_FLOWS_PAGE as MAX_PAGE};
 
 /// The service, over a running node.
 pub struct LedgerApi {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod catalogue;
 pub mod kv;
 pub mod ledger;
+pub mod limits;
 pub mod purchase;
 pub mod raft;
 pub mod rate_limit;
@@ -18,10 +19,6 @@ use tonic::Status;
 use crate::node::Freshness;
 use crate::raft::command::RequestKey;
 
-/// Largest request a peer may send to the public services.
-pub const MAX_PUBLIC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Largest request to the admin service.
-pub const MAX_ADMIN_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Longest request id or client name accepted.
 const MAX_REQUEST_ID_BYTES: usize = 128;
 

@@ -29,14 +29,8 @@ use crate::raft::command::{Actor, Op, Outcome, Proposal, MAX_PURCHASE_TTL_MS};
 use crate::store;
 use crate::store::purchases::{Proceeds, PurchaseRow, Side};
 
-/// Largest request to the purchase service: a dispute carries a whole chunk
-/// (up to 4 MiB) and two Merkle proofs.
-pub const MAX_DISPUTE_MESSAGE_BYTES: usize = 5 * 1024 * 1024;
-
-/// Largest page of purchases.
-const MAX_PAGE: u32 = 500;
-/// Page size when the request names none.
-const DEFAULT_PAGE: u32 = 50;
+// The page sizes live with the other limits.
+use super::limits::{DEFAULT_PURCHASES_PAGE as DEFAULT_PAGE, MAX_PURCHASES_PAGE as MAX_PAGE};
 
 /// The service, over a running node.
 pub struct PurchaseApi {

@@ -55,11 +55,9 @@ pub fn clarify(status: &Status) -> Option<Status> {
                 "the request is not a well-formed message for this method ({detail}); send the fields its .proto defines, with every string in UTF-8"
             ))
         }),
-        Code::OutOfRange => message.strip_prefix(TOO_LARGE).map(|detail| {
-            Status::resource_exhausted(format!(
-                "the request is larger than this service accepts ({detail}); send a smaller one"
-            ))
-        }),
+        Code::OutOfRange => message
+            .starts_with(TOO_LARGE)
+            .then(|| Status::resource_exhausted(super::limits::too_large_sentence(message))),
         _ => None,
     }
 }
@@ -127,8 +125,16 @@ mod tests {
         );
         let better = clarify(&tonic).expect("rewritten");
         assert_eq!(better.code(), Code::ResourceExhausted);
-        assert!(better.message().contains("4194304"), "{}", better.message());
-        assert!(better.message().contains("smaller"), "{}", better.message());
+        assert!(
+            better.message().contains("limit of 4194304 bytes"),
+            "{}",
+            better.message()
+        );
+        assert!(
+            better.message().contains("send less"),
+            "{}",
+            better.message()
+        );
     }
 
     #[test]

@@ -25,8 +25,9 @@ use super::{NodeAddr, TypeConfig};
 
 /// How long to wait for a TCP + TLS connection to a peer node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest message between nodes (snapshot chunks, append batches).
-pub const MAX_RAFT_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest message between nodes (snapshot chunks, append batches); kept
+/// with the other limits.
+pub use crate::grpc::limits::MAX_RAFT_MESSAGE_BYTES;
 
 /// Channels to the other nodes' Raft listeners, shared by openraft's
 /// replication streams and by the write-forwarding / read-index calls.
