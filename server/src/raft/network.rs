@@ -162,12 +162,21 @@ pub struct PeerConnection {
 }
 
 /// Encodes a value for the wire.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+///
+/// # Errors
+/// When serde refuses the value (never for Agora's types).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
     bincode::serialize(value)
 }
 
-/// Decodes a value from the wire.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+/// Decodes a value from the wire (Raft RPCs, forwarded writes and their
+/// answers). The bytes come from another node; bincode checks every length
+/// against the bytes left before it allocates, so a forged length cannot
+/// make it reserve more than the message's own size.
+///
+/// # Errors
+/// When the bytes are not an encoding of `T`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(bytes)
 }
 
