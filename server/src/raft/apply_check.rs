@@ -945,7 +945,9 @@ fn fixture() -> &'static Fixture {
             .expect("a registration starts");
         let response = ServerRegistration::<AgoraOpaque>::start(&setup, start.message, b"user")
             .expect("the server answers");
-        let ksf = KsfParams::LOAD_TEST.argon2().expect("cheap argon2 parameters");
+        let ksf = KsfParams::LOAD_TEST
+            .argon2()
+            .expect("cheap argon2 parameters");
         let finish = start
             .state
             .finish(
@@ -1287,9 +1289,7 @@ impl Run {
 /// # Errors
 /// The first rule that broke.
 pub async fn check(script: &Script, dir: &Path, replica_dir: &Path) -> Result<Tally, Violation> {
-    let sm = StateMachine::open(dir)
-        .await
-        .map_err(|e| storage(0, &e))?;
+    let sm = StateMachine::open(dir).await.map_err(|e| storage(0, &e))?;
     let digest = DataDigest::new(&sm).await.map_err(|e| storage(0, &e))?;
     let before = digest.of(&sm).await.map_err(|e| storage(0, &e))?;
     let mut run = Run {

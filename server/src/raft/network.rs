@@ -263,3 +263,40 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call("vote", &rpc, &option).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::command::{Command, Op, Proposal};
+
+    /// A length prefix of 2^60 (a forged or torn message) is an error, not
+    /// an attempt to reserve 2^60 bytes: bincode checks lengths against
+    /// the bytes left, and serde caps what it reserves ahead.
+    #[test]
+    fn a_forged_length_is_refused_without_reserving_it() {
+        let proposal = Proposal {
+            request: None,
+            op: Op::Put {
+                key: "k".into(),
+                value: vec![1],
+            },
+        };
+        let bytes = encode(&proposal).expect("encodes");
+        assert_eq!(decode::<Proposal>(&bytes).expect("decodes"), proposal);
+        // Option tag (1), variant (4), key length (8), key (1), then the
+        // value's length: each length in turn made huge.
+        for at in [5, 14] {
+            let mut forged = bytes.clone();
+            forged[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+            assert!(decode::<Proposal>(&forged).is_err(), "length at {at}");
+        }
+        // A batch claiming 2^60 proposals.
+        let command = Command {
+            time_ms: 1,
+            proposals: vec![proposal],
+        };
+        let mut forged = encode(&command).expect("encodes");
+        forged[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Command>(&forged).is_err());
+    }
+}
