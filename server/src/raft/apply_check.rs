@@ -15,7 +15,10 @@
 //!   remembered request ids;
 //! - a second state machine that applies the same log in other batch
 //!   sizes, as a follower catching up does, gives the same answers and
-//!   the same state digest.
+//!   the same state digest;
+//! - a third one that installs a snapshot the first built halfway through
+//!   (as a follower that fell behind does), then applies the rest of the
+//!   log, gives the same answers for the rest and ends at the same digest.
 //!
 //! Inputs are [`Script`]s: [`arbitrary`] turns bytes into a sequence of
 //! [`Action`]s over small id spaces (a handful of users, listings, holds
@@ -34,14 +37,14 @@ use agora_proto::amount::MAX_AMOUNT;
 use agora_proto::auth::{AgoraOpaque, KsfParams, Role};
 use arbitrary::{Arbitrary, Unstructured};
 use openraft::storage::RaftStateMachine;
-use openraft::{CommittedLeaderId, EntryPayload};
+use openraft::{CommittedLeaderId, EntryPayload, RaftSnapshotBuilder};
 use sqlx::Connection;
 
 use super::command::{
     Actor, Answer, Command, ListingEdit, Op, Outcome, Proposal, RequestKey, MAX_PURCHASE_TTL_MS,
 };
 use super::state_machine::StateMachine;
-use super::typ::{Entry, LogId};
+use super::typ::{Entry, LogId, Snapshot};
 use crate::domain::catalogue::{FileFacts, ListingText};
 use crate::store;
 
@@ -1300,11 +1303,21 @@ pub async fn check(script: &Script, dir: &Path, replica_dir: &Path) -> Result<Ta
         answers: Vec::new(),
         tally: Tally::default(),
     };
-    for command in opening(script.prelude) {
+    let opening = opening(script.prelude);
+    let entries: Vec<(Clock, Vec<Proposed>)> =
+        script.steps.iter().flat_map(Step::entries).collect();
+    // Halfway through, the state machine builds a snapshot, as a leader
+    // does for a follower that fell behind.
+    let midpoint = (opening.len() + entries.len()) / 2;
+    let mut snapshot = None;
+    for command in opening {
         run.step(command, &[None]).await?;
+        if run.log.len() == midpoint {
+            snapshot = Some(build_snapshot(&mut run.sm, midpoint).await?);
+        }
     }
     let mut now = START_MS;
-    for (clock, proposed) in script.steps.iter().flat_map(Step::entries) {
+    for (clock, proposed) in entries {
         now = clock.advance(now);
         let index = u64::try_from(run.log.len()).unwrap_or(u64::MAX) + 1;
         let known = known(&run.sm).await.map_err(|e| storage(index, &e))?;
@@ -1328,6 +1341,9 @@ pub async fn check(script: &Script, dir: &Path, replica_dir: &Path) -> Result<Ta
             &names,
         )
         .await?;
+        if run.log.len() == midpoint {
+            snapshot = Some(build_snapshot(&mut run.sm, midpoint).await?);
+        }
     }
     let (_, digest) = run.sm.digest().await.map_err(|e| storage(0, &e))?;
 
@@ -1369,9 +1385,68 @@ pub async fn check(script: &Script, dir: &Path, replica_dir: &Path) -> Result<Ta
             format!("the replica's state digest {replica_digest} differs from {digest}"),
         ));
     }
-    run.sm.readers().close().await;
     replica.readers().close().await;
+
+    // A third node: installs the midpoint snapshot, then applies the rest
+    // of the log in one batch, and must end where the others did.
+    if let Some(snapshot) = snapshot {
+        let mut installed = StateMachine::open(&replica_dir.join("from-snapshot"))
+            .await
+            .map_err(|e| storage(0, &e))?;
+        install_snapshot(&mut installed, snapshot, midpoint).await?;
+        let rest = run.log[midpoint..].to_vec();
+        let rest_answers = installed.apply(rest).await.map_err(|e| storage(0, &e))?;
+        if rest_answers[..] != run.answers[midpoint..] {
+            return Err(violation(
+                0,
+                "a node that installed the midpoint snapshot answered the rest of the log differently",
+            ));
+        }
+        let (_, installed_digest) = installed.digest().await.map_err(|e| storage(0, &e))?;
+        if installed_digest != digest {
+            return Err(violation(
+                0,
+                format!(
+                    "a node that installed the midpoint snapshot ends at digest {installed_digest}, not {digest}"
+                ),
+            ));
+        }
+        installed.readers().close().await;
+    }
+    run.sm.readers().close().await;
     Ok(run.tally)
+}
+
+async fn build_snapshot(sm: &mut StateMachine, at: usize) -> Result<Snapshot, Violation> {
+    let index = u64::try_from(at).unwrap_or(0);
+    let mut builder = sm.get_snapshot_builder().await;
+    builder
+        .build_snapshot()
+        .await
+        .map_err(|e| violation(index, format!("building a snapshot failed: {e}")))
+}
+
+async fn install_snapshot(
+    sm: &mut StateMachine,
+    snapshot: Snapshot,
+    at: usize,
+) -> Result<(), Violation> {
+    let index = u64::try_from(at).unwrap_or(0);
+    let failed = |e: &dyn std::fmt::Display| {
+        violation(index, format!("installing the snapshot failed: {e}"))
+    };
+    let mut file = sm
+        .begin_receiving_snapshot()
+        .await
+        .map_err(|e| failed(&e))?;
+    let mut source = snapshot.snapshot;
+    tokio::io::copy(&mut *source, &mut *file)
+        .await
+        .map_err(|e| failed(&e))?;
+    sm.install_snapshot(&snapshot.meta, file)
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(())
 }
 
 #[cfg(test)]
