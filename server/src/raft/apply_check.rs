@@ -864,7 +864,12 @@ impl Action {
                 ksf: KsfParams {
                     memory_kib: [0, 8, 64, 19 * 1024, u32::MAX][usize::from(memory % 5)],
                     iterations: u32::from(iterations % 4),
-                    parallelism: u32::from(parallelism % 3),
+                    // Rarely more lanes than argon2 takes.
+                    parallelism: if parallelism == u8::MAX {
+                        u32::MAX
+                    } else {
+                        u32::from(parallelism % 3)
+                    },
                 },
             },
             Action::RevokeSession { session, user, ttl } => Op::RevokeSession {
