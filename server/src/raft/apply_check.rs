@@ -74,7 +74,9 @@ pub struct Script {
 
 impl Script {
     /// Reads a script from bytes; any bytes give one (missing bytes read as
-    /// zeros), with at most [`MAX_STEPS`] steps.
+    /// zeros). Steps are read until they stand for [`MAX_STEPS`] entries
+    /// (a sale is up to four), so a script has at most `MAX_STEPS + 3`
+    /// entries after its opening.
     #[must_use]
     pub fn from_bytes(data: &[u8]) -> Self {
         let mut u = Unstructured::new(data);
