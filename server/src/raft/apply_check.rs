@@ -1481,7 +1481,7 @@ mod tests {
     /// everything.
     #[tokio::test]
     async fn random_command_sequences_keep_the_ledger_sound() {
-        const SCRIPTS: u64 = 200;
+        const SCRIPTS: u64 = 120;
         let mut total = Tally::default();
         for seed in 0..SCRIPTS {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
