@@ -53,6 +53,17 @@ impl KsfParams {
     /// # Errors
     /// When argon2 refuses the values (too small or too large).
     pub fn argon2(&self) -> Result<argon2::Argon2<'static>, AuthError> {
+        // argon2 0.5 computes `parallelism * 8` in a u32 before it checks
+        // the lane limit, which overflows (a panic in debug builds) from
+        // 2^29 lanes: refuse those first. The values come from the
+        // replicated log and from the cluster's answers to clients.
+        if self.parallelism > argon2::Params::MAX_P_COST {
+            return Err(AuthError::Ksf(format!(
+                "at most {} lanes (got {})",
+                argon2::Params::MAX_P_COST,
+                self.parallelism
+            )));
+        }
         let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, None)
             .map_err(|e| AuthError::Ksf(e.to_string()))?;
         Ok(argon2::Argon2::new(
@@ -286,5 +297,15 @@ mod tests {
     fn ksf_params_build() {
         assert!(KsfParams::OWASP.argon2().is_ok());
         assert!(KsfParams::LOAD_TEST.argon2().is_ok());
+        // Found by the command_decode fuzz target: a forged InitCluster
+        // with 2^29 lanes or more made argon2's parameter check overflow.
+        for parallelism in [1 << 24, 1 << 29, u32::MAX] {
+            let huge = KsfParams {
+                memory_kib: u32::MAX,
+                iterations: 1,
+                parallelism,
+            };
+            assert!(huge.argon2().is_err(), "{parallelism} lanes");
+        }
     }
 }

@@ -1396,6 +1396,23 @@ mod tests {
         assert_eq!(again.outcome, Outcome::Put { revision: 4 });
     }
 
+    /// Found by the command_decode fuzz target: an `InitCluster` (from a
+    /// peer or the log) with 2^29 Argon2 lanes or more panicked in
+    /// validation (an overflow inside argon2) instead of being refused.
+    #[test]
+    fn validate_refuses_a_cluster_init_with_too_many_lanes() {
+        let op = Op::InitCluster {
+            server_setup: Vec::new(),
+            token_seed: [0; 32],
+            ksf: KsfParams {
+                memory_kib: 64,
+                iterations: 1,
+                parallelism: 1 << 29,
+            },
+        };
+        assert!(matches!(op.validate(), Err(Rejection::Invalid(_))));
+    }
+
     #[test]
     fn validate_refuses_bad_puts() {
         let empty = Op::Put {

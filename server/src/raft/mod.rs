@@ -4,6 +4,8 @@
 //! Everything else in the crate imports the concrete aliases from here
 //! (`typ`), so a change of openraft type parameters happens in one place.
 
+#[cfg(any(test, feature = "apply-check"))]
+pub mod apply_check;
 pub mod command;
 pub mod log_store;
 pub mod network;

@@ -163,12 +163,21 @@ pub struct PeerConnection {
 }
 
 /// Encodes a value for the wire.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
+///
+/// # Errors
+/// When serde refuses the value (never for Agora's types).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, bincode::Error> {
     bincode::serialize(value)
 }
 
-/// Decodes a value from the wire.
-pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
+/// Decodes a value from the wire (Raft RPCs, forwarded writes and their
+/// answers). The bytes come from another node; bincode checks every length
+/// against the bytes left before it allocates, so a forged length cannot
+/// make it reserve more than the message's own size.
+///
+/// # Errors
+/// When the bytes are not an encoding of `T`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, bincode::Error> {
     bincode::deserialize(bytes)
 }
 
@@ -253,5 +262,42 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RpcError> {
         self.call("vote", &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::command::{Command, Op, Proposal};
+
+    /// A length prefix of 2^60 (a forged or torn message) is an error, not
+    /// an attempt to reserve 2^60 bytes: bincode checks lengths against
+    /// the bytes left, and serde caps what it reserves ahead.
+    #[test]
+    fn a_forged_length_is_refused_without_reserving_it() {
+        let proposal = Proposal {
+            request: None,
+            op: Op::Put {
+                key: "k".into(),
+                value: vec![1],
+            },
+        };
+        let bytes = encode(&proposal).expect("encodes");
+        assert_eq!(decode::<Proposal>(&bytes).expect("decodes"), proposal);
+        // Option tag (1), variant (4), key length (8), key (1), then the
+        // value's length: each length in turn made huge.
+        for at in [5, 14] {
+            let mut forged = bytes.clone();
+            forged[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+            assert!(decode::<Proposal>(&forged).is_err(), "length at {at}");
+        }
+        // A batch claiming 2^60 proposals.
+        let command = Command {
+            time_ms: 1,
+            proposals: vec![proposal],
+        };
+        let mut forged = encode(&command).expect("encodes");
+        forged[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(decode::<Command>(&forged).is_err());
     }
 }
