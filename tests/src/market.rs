@@ -7,13 +7,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use agora_peer::buying::Buyer;
+use agora_peer::catalogue::{self, NewListing};
 use agora_peer::local::Download;
 use agora_peer::selling::{SellError, Seller};
 use agora_peer::transfer_slots::TransferLimits;
 use agora_peer::{
     account, ledger, presence, purchase, request_id, ClientError, ClusterClient, PeerStore, Session,
 };
-use agora_proto::market::{BalanceReply, PurchaseReply, RequestId};
+use agora_proto::market::{BalanceReply, ListingFields, PurchaseReply, RequestId};
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,6 +76,38 @@ impl MarketUser {
             session,
             store,
         })
+    }
+
+    /// Publishes the file at `path` as this user's listing `title` at
+    /// `price`, in chunks of `chunk_size`; returns the listing's id.
+    ///
+    /// # Errors
+    /// When publishing fails.
+    pub async fn publish_file(
+        &self,
+        path: &Path,
+        title: &str,
+        price: u64,
+        chunk_size: u32,
+    ) -> anyhow::Result<u64> {
+        let published = catalogue::publish(
+            &self.client,
+            &self.store,
+            &NewListing {
+                path: path.to_path_buf(),
+                chunk_size,
+                fields: ListingFields {
+                    title: title.into(),
+                    ..ListingFields::default()
+                },
+                price,
+            },
+            self.request(),
+            |_, _| {},
+        )
+        .await
+        .with_context(|| format!("publishing {title}"))?;
+        Ok(published.listing.id)
     }
 
     /// The request id of one logical write by this user.
@@ -218,4 +251,25 @@ impl Shop {
             .context("the presence task did not stop")???;
         Ok(())
     }
+}
+
+/// Writes `size` pseudo-random bytes from `seed` to `path` (a splitmix64
+/// stream: reproducible, different in every chunk).
+///
+/// # Errors
+/// When the file cannot be written.
+pub fn write_random_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+    let size = usize::try_from(size)?;
+    let mut bytes = Vec::with_capacity(size + 8);
+    let mut state = seed;
+    while bytes.len() < size {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        bytes.extend_from_slice(&z.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(path, &bytes).with_context(|| format!("could not write {}", path.display()))
 }

@@ -7,10 +7,12 @@
 //! oversized message), and a table of every RPC is easier to drive by name
 //! than through one generated client per service.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use prost::bytes::{Buf as _, BufMut as _};
+use prost::Message as _;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic::Status;
@@ -91,4 +93,31 @@ pub async fn call_raw(
         .await
         .with_context(|| format!("{rpc} did not answer within {timeout:?}"))?;
     Ok(answer.map(tonic::Response::into_inner))
+}
+
+/// Every RPC in the descriptor set the server registers for reflection
+/// (`agora_proto::FILE_DESCRIPTOR_SET`), as `package.Service/Method` in
+/// descriptor order, leaving out the services named in `skip` (returned
+/// apart): the rows a matrix over every RPC must have.
+///
+/// # Errors
+/// When the descriptor set does not decode.
+pub fn descriptor_rpcs(skip: &[(&str, &str)]) -> anyhow::Result<(Vec<String>, BTreeSet<String>)> {
+    let set = prost_types::FileDescriptorSet::decode(agora_proto::FILE_DESCRIPTOR_SET)
+        .context("the descriptor set does not decode")?;
+    let mut all = Vec::new();
+    let mut skipped = BTreeSet::new();
+    for file in &set.file {
+        for service in &file.service {
+            let name = format!("{}.{}", file.package(), service.name());
+            if skip.iter().any(|(s, _)| *s == name) {
+                skipped.insert(name);
+                continue;
+            }
+            for method in &service.method {
+                all.push(format!("{name}/{}", method.name()));
+            }
+        }
+    }
+    Ok((all, skipped))
 }

@@ -168,26 +168,9 @@ const RUN_LAST: &[&str] = &["GoOffline", "Logout"];
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const PASSWORD: &str = "authorization matrix";
 
-/// Every RPC in the descriptor set, as `package.Service/Method`, in
-/// descriptor order; and the services skipped.
+/// Every RPC in the descriptor set, and the services skipped.
 fn rpcs() -> anyhow::Result<(Vec<String>, BTreeSet<String>)> {
-    let set = prost_types::FileDescriptorSet::decode(agora_proto::FILE_DESCRIPTOR_SET)
-        .context("the descriptor set does not decode")?;
-    let mut all = Vec::new();
-    let mut skipped = BTreeSet::new();
-    for file in &set.file {
-        for service in &file.service {
-            let name = format!("{}.{}", file.package(), service.name());
-            if NOT_PUBLIC.iter().any(|(s, _)| *s == name) {
-                skipped.insert(name);
-                continue;
-            }
-            for method in &service.method {
-                all.push(format!("{name}/{}", method.name()));
-            }
-        }
-    }
-    Ok((all, skipped))
+    agora_tests::descriptor_rpcs(NOT_PUBLIC)
 }
 
 #[test]

@@ -44,12 +44,10 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agora_peer::buying::Silent;
-use agora_peer::catalogue::{self, NewListing};
 use agora_peer::local::DownloadState;
 use agora_peer::peer_tls::{self, PeerIdentity};
 use agora_peer::selling::MAX_FETCH_MESSAGE_BYTES;
@@ -70,7 +68,8 @@ use agora_proto::peer::fetch_reply::Part;
 use agora_proto::peer::seller_service_client::SellerServiceClient;
 use agora_proto::peer::{FetchReply, FetchRequest};
 use agora_tests::{
-    peer_client, wait_clean_audit, wait_for, MarketUser, Probe, TestCluster, TestOptions,
+    peer_client, wait_clean_audit, wait_for, write_random_file, MarketUser, Probe, TestCluster,
+    TestOptions,
 };
 use anyhow::Context as _;
 use prost::Message as _;
@@ -129,47 +128,6 @@ const BIG_LISTINGS: usize = 80;
 
 async fn user(everyone: &ClusterClient, dir: &Path, name: &str) -> anyhow::Result<MarketUser> {
     MarketUser::register(everyone, dir, name, PASSWORD).await
-}
-
-/// Writes `size` pseudo-random bytes from `seed` to `path`.
-fn write_random_file(path: &Path, size: usize, seed: u64) -> anyhow::Result<()> {
-    let mut bytes = Vec::with_capacity(size + 8);
-    let mut state = seed;
-    while bytes.len() < size {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        bytes.extend_from_slice(&z.to_le_bytes());
-    }
-    bytes.truncate(size);
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(&bytes)?;
-    Ok(())
-}
-
-/// Publishes `path` as `seller`'s listing at `price`; returns its id.
-async fn publish(seller: &MarketUser, path: &Path, title: &str, price: u64) -> anyhow::Result<u64> {
-    let published = catalogue::publish(
-        &seller.client,
-        &seller.store,
-        &NewListing {
-            path: path.to_path_buf(),
-            chunk_size: CHUNK,
-            fields: ListingFields {
-                title: title.into(),
-                ..ListingFields::default()
-            },
-            price,
-        },
-        seller.request(),
-        |_, _| {},
-    )
-    .await
-    .with_context(|| format!("publishing {title}"))?;
-    Ok(published.listing.id)
 }
 
 /// Buys `listing_id` as `buyer` with the library's buyer (which retries a
@@ -368,12 +326,12 @@ async fn limits() -> anyhow::Result<()> {
         files.join("small.bin"),
         files.join("other.bin"),
     );
-    write_random_file(&big, BIG_FILE, 1)?;
-    write_random_file(&small, 200 * KIB, 2)?;
-    write_random_file(&other, 150 * KIB + 7, 3)?;
-    let l_big = publish(&sam, &big, "Big", 1_00).await?;
-    let l_small = publish(&sam, &small, "Small", 50).await?;
-    let l_other = publish(&sam, &other, "Other", 25).await?;
+    write_random_file(&big, u64::try_from(BIG_FILE)?, 1)?;
+    write_random_file(&small, u64::try_from(200 * KIB)?, 2)?;
+    write_random_file(&other, u64::try_from(150 * KIB + 7)?, 3)?;
+    let l_big = sam.publish_file(&big, "Big", 1_00, CHUNK).await?;
+    let l_small = sam.publish_file(&small, "Small", 50, CHUNK).await?;
+    let l_other = sam.publish_file(&other, "Other", 25, CHUNK).await?;
     let shop = sam.open_shop_with(None, LIMITS).await?;
     let endpoint = shop.endpoint.clone();
     let sam_key = sam.session.identity.verifying_key().to_bytes();

@@ -50,24 +50,24 @@
 #![allow(clippy::inconsistent_digit_grouping)]
 
 use std::fmt::Debug;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agora_peer::buying::Silent;
-use agora_peer::catalogue::{self, NewListing};
+use agora_peer::catalogue;
 use agora_peer::local::DownloadState;
 use agora_peer::peer_tls::{self, PeerIdentity};
 use agora_peer::selling::MAX_FETCH_MESSAGE_BYTES;
 use agora_peer::{account, ledger, new_request_id, purchase, ClientError, ClusterClient};
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
-use agora_proto::market::{ListingFields, PurchaseState, ReadConsistency};
+use agora_proto::market::{PurchaseState, ReadConsistency};
 use agora_proto::merkle::{Hash, MerkleBuilder};
 use agora_proto::peer::seller_service_client::SellerServiceClient;
 use agora_proto::peer::FetchRequest;
 use agora_proto::ticket::{ticket_signing_key, Ticket};
 use agora_tests::{
-    peer_client, wait_clean_audit, wait_for, MarketUser, Probe, TestCluster, TestOptions,
+    peer_client, wait_clean_audit, wait_for, write_random_file, MarketUser, Probe, TestCluster,
+    TestOptions,
 };
 use anyhow::Context as _;
 use tonic::transport::Channel;
@@ -210,26 +210,6 @@ fn random_seed() -> [u8; 32] {
     seed
 }
 
-/// Writes `size` pseudo-random bytes from `seed` to `path` (a splitmix64
-/// stream: reproducible, different in every chunk).
-fn write_random_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
-    let mut bytes = Vec::with_capacity(usize::try_from(size)? + 8);
-    let mut state = seed;
-    while (bytes.len() as u64) < size {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        bytes.extend_from_slice(&z.to_le_bytes());
-    }
-    bytes.truncate(usize::try_from(size)?);
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(&bytes)?;
-    Ok(())
-}
-
 /// The ciphertext Merkle root of the file at `path` encrypted for
 /// `purchase_id` under `key`: what the seller commits to for that sale.
 fn ciphertext_root(
@@ -248,28 +228,6 @@ fn ciphertext_root(
         tree.push(escrow::ciphertext_leaf(&chunk));
     }
     tree.finish().context("the file is empty")
-}
-
-/// Publishes `path` as sam's listing at `price`; returns its id.
-async fn publish(sam: &User, path: &Path, title: &str, price: u64) -> anyhow::Result<u64> {
-    let published = catalogue::publish(
-        &sam.client,
-        &sam.store,
-        &NewListing {
-            path: path.to_path_buf(),
-            chunk_size: CHUNK,
-            fields: ListingFields {
-                title: title.into(),
-                ..ListingFields::default()
-            },
-            price,
-        },
-        sam.request(),
-        |_, _| {},
-    )
-    .await
-    .with_context(|| format!("publishing {title}"))?;
-    Ok(published.listing.id)
 }
 
 /// Buys `listing_id` as `buyer` into `out` with the library's buyer;
@@ -327,9 +285,9 @@ async fn purchase_rules() -> anyhow::Result<()> {
     write_random_file(&goods, 200 * KIB, 1)?;
     write_random_file(&other, 64 * KIB, 2)?;
     write_random_file(&free, 100_000, 3)?;
-    let l_goods = publish(&sam, &goods, "Goods", PRICE).await?;
-    let l_other = publish(&sam, &other, "Other goods", 1_00).await?;
-    let l_free = publish(&sam, &free, "Free sample", 0).await?;
+    let l_goods = sam.publish_file(&goods, "Goods", PRICE, CHUNK).await?;
+    let l_other = sam.publish_file(&other, "Other goods", 1_00, CHUNK).await?;
+    let l_free = sam.publish_file(&free, "Free sample", 0, CHUNK).await?;
 
     let shop = sam.open_shop(None).await?;
     let endpoint = shop.endpoint.clone();

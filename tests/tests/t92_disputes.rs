@@ -58,12 +58,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use agora_peer::buying::{BuyError, Silent};
-use agora_peer::catalogue::{self, NewListing};
+use agora_peer::catalogue;
 use agora_peer::local::{Download, DownloadState};
 use agora_peer::peer_tls::{self, PeerIdentity};
 use agora_peer::selling::MAX_FETCH_MESSAGE_BYTES;
@@ -71,15 +70,16 @@ use agora_peer::{ledger, new_request_id, purchase, ClientError, ClusterClient, P
 use agora_proto::dispute;
 use agora_proto::escrow::{self, ChunkCipher, EscrowKey};
 use agora_proto::market::{
-    BalanceReply, BeginPurchaseReply, Listing, ListingFields, Purchase, PurchaseRole,
-    PurchaseState, ReadConsistency,
+    BalanceReply, BeginPurchaseReply, Listing, Purchase, PurchaseRole, PurchaseState,
+    ReadConsistency,
 };
 use agora_proto::merkle::{self, Hash};
 use agora_proto::peer::fetch_reply::Part;
 use agora_proto::peer::seller_service_client::SellerServiceClient;
 use agora_proto::peer::FetchRequest;
 use agora_tests::{
-    peer_client, wait_clean_audit, wait_for, MarketUser, PeerCli, Probe, TestCluster, TestOptions,
+    peer_client, wait_clean_audit, wait_for, write_random_file, MarketUser, PeerCli, Probe,
+    TestCluster, TestOptions,
 };
 use anyhow::Context as _;
 use tonic::Code;
@@ -291,48 +291,6 @@ fn expect_refusal<T: Debug>(
         }
         other => anyhow::bail!("{what}: expected {code:?}, got {other:?}"),
     }
-}
-
-/// Writes `size` pseudo-random bytes from `seed` to `path` (a splitmix64
-/// stream: reproducible, different in every chunk).
-fn write_random_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
-    let mut bytes = Vec::with_capacity(usize::try_from(size)? + 8);
-    let mut state = seed;
-    while (bytes.len() as u64) < size {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        bytes.extend_from_slice(&z.to_le_bytes());
-    }
-    bytes.truncate(usize::try_from(size)?);
-    let mut file = std::fs::File::create(path)
-        .with_context(|| format!("could not create {}", path.display()))?;
-    file.write_all(&bytes)?;
-    Ok(())
-}
-
-/// Publishes `path` as `seller`'s listing at `price`; returns its id.
-async fn publish(seller: &User, path: &Path, title: &str, price: u64) -> anyhow::Result<u64> {
-    let published = catalogue::publish(
-        &seller.client,
-        &seller.store,
-        &NewListing {
-            path: path.to_path_buf(),
-            chunk_size: CHUNK,
-            fields: ListingFields {
-                title: title.into(),
-                ..ListingFields::default()
-            },
-            price,
-        },
-        seller.request(),
-        |_, _| {},
-    )
-    .await
-    .with_context(|| format!("publishing {title}"))?;
-    Ok(published.listing.id)
 }
 
 /// Buys `listing_id` as `buyer` into `out` with the library's buyer;
@@ -649,8 +607,10 @@ async fn disputes() -> anyhow::Result<()> {
     let fakes = files.join("fakes.bin");
     write_random_file(&goods, FILE_SIZE, 1)?;
     write_random_file(&fakes, FILE_SIZE, 2)?;
-    let l_good = publish(&sam, &goods, "Goods", PRICE).await?;
-    let l_bad = publish(&dan, &fakes, "Too good to be true", BAD_PRICE).await?;
+    let l_good = sam.publish_file(&goods, "Goods", PRICE, CHUNK).await?;
+    let l_bad = dan
+        .publish_file(&fakes, "Too good to be true", BAD_PRICE, CHUNK)
+        .await?;
     let sam_shop = sam.open_shop(None).await?;
     let dan_shop = dan.open_shop(Some(BAD_CHUNK)).await?;
     let parties = Parties {
