@@ -197,11 +197,6 @@ pub async fn run(
         tracing::warn!(%damage, "the raft log was damaged and has been repaired");
     }
     state.forget_snapshot_behind(log.last_purged()).await?;
-    let abstention = if damage.as_ref().is_some_and(|d| d.entries_lost) {
-        Abstention::until_caught_up()
-    } else {
-        Abstention::voting()
-    };
     let peers = PeerChannels::new(tls.peer_client(), config.raft_source_ip);
     let raft = typ::Raft::new(
         config.id,
@@ -212,6 +207,21 @@ pub async fn run(
     )
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
+    // A node that lost entries abstains until a leader has caught it up;
+    // the only voter has no one to wait for (what it lost is lost).
+    // (The membership the state machine applied: openraft's metrics are
+    // not filled in yet at this point.)
+    let (_, membership) =
+        openraft::storage::RaftStateMachine::applied_state(&mut state.clone()).await?;
+    let alone = membership
+        .membership()
+        .voter_ids()
+        .all(|voter| voter == config.id);
+    let abstention = if damage.as_ref().is_some_and(|d| d.entries_lost) && !alone {
+        Abstention::until_caught_up()
+    } else {
+        Abstention::voting()
+    };
 
     let api_local = listeners.api.local_addr()?;
     let raft_local = listeners.raft.local_addr()?;
