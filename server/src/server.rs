@@ -182,7 +182,10 @@ pub async fn run(
         ))
     })?;
     let log_path = config.data_dir.join("raft-log.db");
-    let (log, damage) = LogStore::open(&log_path, config.id, state.last_applied().await?)
+    // What the state machine applied, and the membership it applied.
+    let (applied, membership) =
+        openraft::storage::RaftStateMachine::applied_state(&mut state.clone()).await?;
+    let (log, damage) = LogStore::open(&log_path, config.id, applied)
         .await
         .map_err(|e| {
             NodeError::Damaged(format!(
@@ -208,11 +211,9 @@ pub async fn run(
     .await
     .map_err(|e| NodeError::Raft(e.to_string()))?;
     // A node that lost entries abstains until a leader has caught it up;
-    // the only voter has no one to wait for (what it lost is lost).
-    // (The membership the state machine applied: openraft's metrics are
-    // not filled in yet at this point.)
-    let (_, membership) =
-        openraft::storage::RaftStateMachine::applied_state(&mut state.clone()).await?;
+    // the only voter has no one to wait for (what it lost is lost). The
+    // membership is the applied one: openraft's metrics are not filled in
+    // yet at this point.
     let alone = membership
         .membership()
         .voter_ids()

@@ -39,15 +39,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use agora_peer::catalogue::{self, NewListing};
 use agora_peer::{account, ledger, presence, purchase};
 use agora_proto::auth::{sign_token, SessionClaims};
 use agora_proto::market::{
     BalanceRequest, BeginPurchaseRequest, CancelPurchaseRequest, CashFlowsRequest,
     CompletePurchaseRequest, DepositKeyRequest, DisputeRequest, EditListingRequest,
-    GetListingRequest, GetPurchaseRequest, GetRequest, ListingFields, LogoutRequest,
-    PurchasesRequest, PutRequest, ReadConsistency, RepriceRequest, RequestId,
-    SellerListingsRequest, UnpublishRequest, WithdrawRequest,
+    GetListingRequest, GetPurchaseRequest, GetRequest, LogoutRequest, PurchasesRequest, PutRequest,
+    ReadConsistency, RepriceRequest, RequestId, SellerListingsRequest, UnpublishRequest,
+    WithdrawRequest,
 };
 use agora_tests::{call_raw, peer_client, MarketUser, TestCluster, TestOptions};
 use anyhow::Context as _;
@@ -471,21 +470,10 @@ async fn every_rpc_answers_every_caller_as_the_table_says() -> anyhow::Result<()
     // buying bob's.
     let file = dir.join("authz.bin");
     std::fs::write(&file, vec![5_u8; 8192])?;
-    let publish = |user: &MarketUser, title: &str| {
-        let new = NewListing {
-            path: file.clone(),
-            chunk_size: 4096,
-            fields: ListingFields {
-                title: title.into(),
-                ..ListingFields::default()
-            },
-            price: 2_00,
-        };
-        let (client, store, request) = (user.client.clone(), user.store.clone(), user.request());
-        async move { catalogue::publish(&client, &store, &new, request, |_, _| {}).await }
-    };
-    let listing_a = publish(&alice, "alice's listing").await?.listing.id;
-    let listing_b = publish(&bob, "bob's listing").await?.listing.id;
+    let listing_a = alice
+        .publish_file(&file, "alice's listing", 2_00, 4096)
+        .await?;
+    let listing_b = bob.publish_file(&file, "bob's listing", 2_00, 4096).await?;
     presence::announce(&bob.client, "127.0.0.1:9").await?;
     let purchase = purchase::begin(&alice.client, listing_b, 600, alice.request())
         .await?

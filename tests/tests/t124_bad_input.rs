@@ -32,7 +32,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use agora_peer::catalogue::{self, NewListing};
 use agora_peer::{account, ledger, presence, purchase, ClusterClient};
 use agora_proto::admin as ad;
 use agora_proto::market as m;
@@ -2412,21 +2411,10 @@ async fn every_rpc_refuses_bad_input_clearly_and_changes_nothing() -> anyhow::Re
     ledger::deposit(&operator, "alice", 100_00, &agora_peer::new_request_id()).await?;
     let file = dir.join("bad-input.bin");
     std::fs::write(&file, vec![5_u8; 8192])?;
-    let publish = |user: &MarketUser, title: &str| {
-        let new = NewListing {
-            path: file.clone(),
-            chunk_size: 4096,
-            fields: m::ListingFields {
-                title: title.into(),
-                ..m::ListingFields::default()
-            },
-            price: 2_00,
-        };
-        let (client, store, request) = (user.client.clone(), user.store.clone(), user.request());
-        async move { catalogue::publish(&client, &store, &new, request, |_, _| {}).await }
-    };
-    let alice_listing = publish(&alice, "alice's listing").await?.listing.id;
-    let bob_listing = publish(&bob, "bob's listing").await?.listing.id;
+    let alice_listing = alice
+        .publish_file(&file, "alice's listing", 2_00, 4096)
+        .await?;
+    let bob_listing = bob.publish_file(&file, "bob's listing", 2_00, 4096).await?;
     presence::announce(&bob.client, "127.0.0.1:9").await?;
     let purchase = purchase::begin(&alice.client, bob_listing, 3600, alice.request())
         .await?

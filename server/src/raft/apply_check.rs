@@ -1080,52 +1080,28 @@ impl Tally {
 
 /// Hashes the replicated data except the bookkeeping every entry changes
 /// (the applied index in `meta`, the remembered request ids in
-/// `requests`), the way [`store::digest`] does, with each table's query
-/// built once.
+/// `requests`), with [`store::digest::tables_digest`].
 struct DataDigest {
-    queries: Vec<(String, String)>,
+    tables: Vec<String>,
 }
 
 impl DataDigest {
     async fn new(sm: &StateMachine) -> Result<Self, sqlx::Error> {
         let mut conn = sm.readers().acquire().await?;
-        let mut queries = Vec::new();
-        for table in store::replicated_tables(&mut conn, "main").await? {
-            if table == "meta" || table == "requests" {
-                continue;
-            }
-            let columns: Vec<(String,)> = sqlx::query_as(&format!(
-                "SELECT name FROM pragma_table_info('{table}') ORDER BY cid"
-            ))
-            .fetch_all(&mut *conn)
-            .await?;
-            let row = columns
-                .iter()
-                .map(|(c,)| format!("quote(\"{c}\")"))
-                .collect::<Vec<_>>()
-                .join(" || ',' || ");
-            let query = format!("SELECT {row} AS r FROM \"{table}\" ORDER BY r");
-            queries.push((table, query));
-        }
-        Ok(Self { queries })
+        let tables = store::replicated_tables(&mut conn, "main")
+            .await?
+            .into_iter()
+            .filter(|table| table != "meta" && table != "requests")
+            .collect();
+        Ok(Self { tables })
     }
 
     async fn of(&self, sm: &StateMachine) -> Result<String, sqlx::Error> {
         let mut conn = sm.readers().acquire().await?;
         let mut tx = conn.begin().await?;
-        let mut hasher = blake3::Hasher::new();
-        for (table, query) in &self.queries {
-            let rows: Vec<(String,)> = sqlx::query_as(query).fetch_all(&mut *tx).await?;
-            hasher.update(table.as_bytes());
-            hasher.update(&[0]);
-            for (row,) in rows {
-                hasher.update(row.as_bytes());
-                hasher.update(&[0]);
-            }
-            hasher.update(&[1]);
-        }
+        let digest = store::digest::tables_digest(&mut tx, &self.tables).await?;
         tx.rollback().await?;
-        Ok(hasher.finalize().to_hex().to_string())
+        Ok(digest)
     }
 }
 

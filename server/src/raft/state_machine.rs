@@ -164,17 +164,6 @@ impl StateMachine {
         }
     }
 
-    /// The last applied log id, as recorded with the data it describes.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn last_applied(&self) -> Result<Option<LogId>, StorageError> {
-        let mut conn = self.shared.writer.lock().await;
-        meta::get(&mut conn, meta::LAST_APPLIED)
-            .await
-            .map_err(|e| sm_err(ErrorVerb::Read, &e))
-    }
-
     /// Forgets the current snapshot when it does not reach `purged`, the
     /// log's purge point (a node killed between installing a snapshot's
     /// rows and recording it, or a log repaired past it). openraft then
